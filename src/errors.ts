@@ -1,0 +1,73 @@
+/**
+ * Every failure the agent reports carries a stable `code`. Tests and operators
+ * match on the code; the message says what happened and what to check.
+ *
+ * All codes live in this one table (as Fastify keeps its errors) so that a
+ * new failure is added in one place and `grep REVDIAL_` finds them all.
+ */
+export const ErrorCodes = {
+  CONFIG_INVALID: 'REVDIAL_CONFIG_INVALID',
+  AUTH_REJECTED: 'REVDIAL_AUTH_REJECTED',
+  HANDSHAKE_REJECTED: 'REVDIAL_HANDSHAKE_REJECTED',
+  HANDSHAKE_TIMEOUT: 'REVDIAL_HANDSHAKE_TIMEOUT',
+  CONNECT_FAILED: 'REVDIAL_CONNECT_FAILED',
+  CONTROL_CLOSED: 'REVDIAL_CONTROL_CLOSED',
+  CONTROL_UNSTABLE: 'REVDIAL_CONTROL_UNSTABLE',
+  PING_TIMEOUT: 'REVDIAL_PING_TIMEOUT',
+  PROTOCOL_TEXT_FRAME: 'REVDIAL_PROTOCOL_TEXT_FRAME',
+  PROTOCOL_LINE_TOO_LONG: 'REVDIAL_PROTOCOL_LINE_TOO_LONG',
+  PROTOCOL_INVALID_JSON: 'REVDIAL_PROTOCOL_INVALID_JSON',
+  CONN_PATH_INVALID: 'REVDIAL_CONN_PATH_INVALID',
+  TUNNEL_LIMIT: 'REVDIAL_TUNNEL_LIMIT',
+  SHUTTING_DOWN: 'REVDIAL_SHUTTING_DOWN',
+  PICKUP_TIMEOUT: 'REVDIAL_PICKUP_TIMEOUT',
+  DATA_DIAL_FAILED: 'REVDIAL_DATA_DIAL_FAILED',
+  LOCAL_DIAL_FAILED: 'REVDIAL_LOCAL_DIAL_FAILED',
+  LOCAL_DIAL_TIMEOUT: 'REVDIAL_LOCAL_DIAL_TIMEOUT',
+  TUNNEL_ABORTED: 'REVDIAL_TUNNEL_ABORTED',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+export class RevdialError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'RevdialError';
+    this.code = code;
+  }
+}
+
+/** The handshake was answered with an HTTP status instead of 101. */
+export class HandshakeRejectedError extends RevdialError {
+  readonly status: number;
+  readonly body: string;
+
+  constructor(code: ErrorCode, message: string, status: number, body: string) {
+    super(code, message);
+    this.name = 'HandshakeRejectedError';
+    this.status = status;
+    this.body = body;
+  }
+}
+
+export function isRevdialError(err: unknown): err is RevdialError {
+  return err instanceof RevdialError;
+}
+
+/** A code for any thrown value: ours, Node's (`ECONNREFUSED`), or `UNKNOWN`. */
+export function codeOf(err: unknown): string {
+  if (err instanceof RevdialError) return err.code;
+  if (err !== null && typeof err === 'object' && 'code' in err && typeof err.code === 'string') {
+    return err.code;
+  }
+  return 'UNKNOWN';
+}
+
+/** A short, single-line description of any thrown value, for logs and `pickup-failed`. */
+export function describe(err: unknown, max = 300): string {
+  const text = err instanceof Error ? err.message : String(err);
+  const oneLine = text.replace(/\s+/g, ' ').trim();
+  return oneLine.length > max ? `${oneLine.slice(0, max - 1)}…` : oneLine;
+}
