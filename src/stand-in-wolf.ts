@@ -1,0 +1,142 @@
+/**
+ * A stand-in for the Wolf API, for the demo, tests and benchmarks: answers
+ * like Wolf does (one request per connection, `Connection: close`), over TCP
+ * or a unix socket, with endpoints that exercise a tunnel:
+ *
+ *   GET  /api/v1/system/health          small JSON
+ *   GET  /api/v1/events?keepaliveMs=N   server-sent events, `:keepalive` every N ms
+ *   GET  /bytes?size=N&seed=S           N deterministic bytes (see `expectedDigest`)
+ *   POST /upload                        answers {"bytes": n, "sha256": hex} of the body
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, unlinkSync } from 'node:fs';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+const BLOCK = 64 * 1024;
+
+/** The deterministic content of `/bytes`: a 64 KiB block derived from the seed, repeated. */
+export function patternBlock(seed: string): Buffer {
+  const block = Buffer.allocUnsafe(BLOCK);
+  let state = createHash('sha256').update(`wolf-stand-in:${seed}`).digest();
+  for (let off = 0; off < BLOCK; off += state.length) {
+    state.copy(block, off);
+    state = createHash('sha256').update(state).digest();
+  }
+  return block;
+}
+
+/** What `/bytes?size=N&seed=S` must hash to, computed without the server. */
+export function expectedDigest(size: number, seed: string): string {
+  const block = patternBlock(seed);
+  const hash = createHash('sha256');
+  let left = size;
+  while (left > 0) {
+    const n = Math.min(left, BLOCK);
+    hash.update(n === BLOCK ? block : block.subarray(0, n));
+    left -= n;
+  }
+  return hash.digest('hex');
+}
+
+export interface StandInWolfOptions {
+  /** Listen on a unix socket instead of TCP. */
+  socketPath?: string;
+}
+
+export class StandInWolf {
+  readonly server: http.Server;
+  readonly #options: StandInWolfOptions;
+  requests = 0;
+
+  constructor(options: StandInWolfOptions = {}) {
+    this.#options = options;
+    this.server = http.createServer(this.#onRequest);
+    this.server.keepAliveTimeout = 0;
+  }
+
+  /** Listens; returns the address an agent's `--local` should name. */
+  async listen(port = 0, host = '127.0.0.1'): Promise<string> {
+    const path = this.#options.socketPath;
+    if (path && existsSync(path)) unlinkSync(path);
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      const done = (): void => {
+        this.server.removeListener('error', reject);
+        resolve();
+      };
+      if (path) this.server.listen(path, done);
+      else this.server.listen(port, host, done);
+    });
+    if (path) return `unix://${path}`;
+    const a = this.server.address() as AddressInfo;
+    return `${a.address}:${a.port}`;
+  }
+
+  async close(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  #onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    this.requests++;
+    res.shouldKeepAlive = false;
+    const url = new URL(req.url ?? '/', 'http://wolf');
+    if (req.method === 'GET' && url.pathname === '/api/v1/system/health') {
+      json(res, 200, { status: 'ok', service: 'wolf-stand-in' });
+    } else if (req.method === 'GET' && url.pathname === '/api/v1/events') {
+      this.#events(res, Number(url.searchParams.get('keepaliveMs') ?? 15_000));
+    } else if (req.method === 'GET' && url.pathname === '/bytes') {
+      this.#bytes(res, Number(url.searchParams.get('size') ?? 0), url.searchParams.get('seed') ?? '0');
+    } else if (req.method === 'POST' && url.pathname === '/upload') {
+      this.#upload(req, res);
+    } else {
+      json(res, 404, { error: 'not found' });
+    }
+  };
+
+  #events(res: ServerResponse, keepaliveMs: number): void {
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    res.write(`data: ${JSON.stringify({ event: 'hello' })}\n\n`);
+    const timer = setInterval(() => res.write(':keepalive\n\n'), Math.max(10, keepaliveMs));
+    res.on('close', () => clearInterval(timer));
+  }
+
+  #bytes(res: ServerResponse, size: number, seed: string): void {
+    if (!Number.isSafeInteger(size) || size < 0) {
+      json(res, 400, { error: 'size must be a whole number' });
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(size) });
+    const block = patternBlock(seed);
+    let left = size;
+    const pump = (): void => {
+      while (left > 0) {
+        const n = Math.min(left, BLOCK);
+        left -= n;
+        if (!res.write(n === BLOCK ? block : block.subarray(0, n))) {
+          res.once('drain', pump);
+          return;
+        }
+      }
+      res.end();
+    };
+    pump();
+  }
+
+  #upload(req: IncomingMessage, res: ServerResponse): void {
+    const hash = createHash('sha256');
+    let bytes = 0;
+    req.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+      hash.update(chunk);
+    });
+    req.on('end', () => json(res, 200, { bytes, sha256: hash.digest('hex') }));
+  }
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(text)) });
+  res.end(text);
+}

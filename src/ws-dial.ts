@@ -1,0 +1,148 @@
+/**
+ * Opens a client WebSocket to the control plane (control or data connection)
+ * and turns every way it can fail into a coded error an operator can act on.
+ */
+import type { Agent as HttpAgent, ClientRequest, IncomingMessage } from 'node:http';
+import WebSocket from 'ws';
+import { type Clock, systemClock } from './clock.js';
+import { safeOrigin } from './endpoints.js';
+import { ErrorCodes, HandshakeRejectedError, RevdialError } from './errors.js';
+
+/** What every connection to the control plane shares: credentials, TLS, proxy. */
+export interface ControlPlaneTransport {
+  /** Called for each dial, so a rotated token file is picked up on reconnect. */
+  token(): string;
+  userAgent: string;
+  ca?: Buffer | undefined;
+  rejectUnauthorized: boolean;
+  /** An HTTP agent for egress (e.g. an HTTP CONNECT proxy); `undefined` dials directly. */
+  agentFor?: ((url: URL) => HttpAgent | undefined) | undefined;
+}
+
+export interface DialOptions {
+  transport: ControlPlaneTransport;
+  handshakeTimeoutMs: number;
+  maxPayload: number;
+  clock?: Clock;
+  signal?: AbortSignal;
+}
+
+const BODY_PREVIEW_BYTES = 256;
+
+export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket> {
+  const clock = options.clock ?? systemClock;
+  const { signal, transport } = options;
+  const where = safeOrigin(url);
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const ws = new WebSocket(url, {
+      headers: {
+        Authorization: `Bearer ${transport.token()}`,
+        'User-Agent': transport.userAgent,
+      },
+      perMessageDeflate: false,
+      // A redirect could carry the Authorization header to another origin.
+      followRedirects: false,
+      maxPayload: options.maxPayload,
+      ca: transport.ca,
+      rejectUnauthorized: transport.rejectUnauthorized,
+      agent: transport.agentFor?.(url),
+    });
+    let failure: unknown;
+
+    const settle = (err: unknown): void => {
+      clock.clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      ws.removeListener('open', onOpen);
+      ws.removeListener('unexpected-response', onUnexpectedResponse);
+      if (err === undefined) {
+        ws.removeListener('error', onError);
+        resolve(ws);
+        return;
+      }
+      failure ??= err;
+      // Keep a listener: `terminate()` during the handshake emits one more 'error'.
+      ws.terminate();
+      reject(failure);
+    };
+    const onOpen = (): void => settle(undefined);
+    const onError = (err: Error & { code?: string }): void => {
+      if (failure !== undefined) return;
+      settle(
+        new RevdialError(
+          ErrorCodes.CONNECT_FAILED,
+          `cannot reach control plane at ${where} (${err.code ?? err.message}): check HELIX_API_URL, DNS, TLS and the network path`,
+          { cause: err },
+        ),
+      );
+    };
+    const onUnexpectedResponse = (req: ClientRequest, res: IncomingMessage): void => {
+      readPreview(res, clock, (body) => {
+        req.destroy();
+        settle(rejection(where, url, res.statusCode ?? 0, body));
+      });
+    };
+    const onAbort = (): void => settle(signal?.reason);
+    const timer = clock.setTimeout(
+      () =>
+        settle(
+          new RevdialError(
+            ErrorCodes.HANDSHAKE_TIMEOUT,
+            `control plane at ${where} did not complete the WebSocket handshake within ${options.handshakeTimeoutMs} ms`,
+          ),
+        ),
+      options.handshakeTimeoutMs,
+    );
+    ws.on('error', onError);
+    ws.once('open', onOpen);
+    ws.once('unexpected-response', onUnexpectedResponse);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+function rejection(where: string, url: URL, status: number, body: string): HandshakeRejectedError {
+  const said = body ? `: ${JSON.stringify(body)}` : '';
+  if (status === 401 || status === 403) {
+    return new HandshakeRejectedError(
+      ErrorCodes.AUTH_REJECTED,
+      `RUNNER_TOKEN rejected by ${where} (HTTP ${status})${said}: check the token and that it is valid for this runner id`,
+      status,
+      body,
+    );
+  }
+  return new HandshakeRejectedError(
+    ErrorCodes.HANDSHAKE_REJECTED,
+    `control plane at ${where} refused the WebSocket upgrade for ${url.pathname} (HTTP ${status})${said}`,
+    status,
+    body,
+  );
+}
+
+/** Reads at most a short preview of an error body, never waiting long for it. */
+function readPreview(res: IncomingMessage, clock: Clock, done: (body: string) => void): void {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let finished = false;
+  const finish = (): void => {
+    if (finished) return;
+    finished = true;
+    clock.clearTimeout(timer);
+    res.removeListener('data', onData);
+    res.removeListener('end', finish);
+    res.removeListener('error', finish);
+    const text = Buffer.concat(chunks).subarray(0, BODY_PREVIEW_BYTES).toString('utf8');
+    done(text.replace(/\s+/g, ' ').trim());
+  };
+  const onData = (chunk: Buffer): void => {
+    chunks.push(chunk);
+    size += chunk.length;
+    if (size >= BODY_PREVIEW_BYTES) finish();
+  };
+  const timer = clock.setTimeout(finish, 1000);
+  res.on('data', onData);
+  res.once('end', finish);
+  res.once('error', finish);
+}
