@@ -3,21 +3,32 @@
  *
  * Exit codes: 0 stopped cleanly (SIGTERM/SIGINT, tunnels drained or cut after
  * the grace period); 1 internal error; 2 invalid configuration (one line on
- * stderr, before any network activity); 130 / 143 a second SIGINT / SIGTERM
- * during the drain (exit at once).
+ * stderr, before any network activity; also when the --metrics-addr cannot be
+ * bound, e.g. the port is in use, since only a configuration change fixes
+ * that); 130 / 143 a second SIGINT / SIGTERM during the drain (exit at once).
+ *
+ * Shutdown order: stop taking tunnels and deregister from the registry at
+ * once (the deregistration has its own short time limit), drain the tunnels,
+ * and close the operations server last so probes answer (503) until the end.
  */
 import { CommanderError } from 'commander';
 import { type Config, PROGRAM, VERSION, buildProgram, describeConfig, resolveConfig } from './config.js';
-import { isLoopbackHost } from './endpoints.js';
-import { describe } from './errors.js';
+import { controlUrl, isLoopbackHost } from './endpoints.js';
+import { codeOf, describe } from './errors.js';
 import { type Logger, createLogger } from './logger.js';
 import { describeTarget } from './local-dialer.js';
+import { AgentMetrics } from './metrics.js';
+import { OpsServer, type Readiness, formatListenAddress } from './ops-server.js';
+import { EgressProxy } from './proxy.js';
+import { RegistryClient } from './registry-client.js';
 import { Agent } from './supervisor.js';
 
 export const EXIT_OK = 0;
 export const EXIT_INTERNAL = 1;
 export const EXIT_CONFIG = 2;
 const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
+/** How long a graceful shutdown waits for the registry to confirm the deregistration. */
+const DEREGISTER_TIMEOUT_MS = 3_000;
 
 export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Config | number {
   const program = buildProgram().exitOverride();
@@ -50,6 +61,12 @@ export function startupWarnings(config: Config, log: Logger): void {
   if (config.insecureSkipTlsVerify) {
     log.warn("TLS verification is OFF (--insecure-skip-tls-verify): anyone on the path can read the token; use --ca-file instead");
   }
+  if (config.register && config.heartbeatIntervalMs >= 120_000) {
+    log.warn(
+      { heartbeatIntervalMs: config.heartbeatIntervalMs },
+      'The heartbeat interval is 120 s or more: the control plane marks an instance offline after 2 minutes without one; lower --heartbeat-interval',
+    );
+  }
   if (config.tokenSource === 'flag') {
     log.warn('The token was given with --token, which every local user can read in the process list: use RUNNER_TOKEN_FILE or RUNNER_TOKEN');
   }
@@ -74,6 +91,11 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   );
   startupWarnings(config, log);
 
+  const proxy = new EgressProxy(config.proxy);
+  const route = proxy.describeRoute(controlUrl(config.apiUrl, config.runnerId));
+  if (route !== 'direct') log.info({ egress: route }, `Connecting to the control plane ${route}`);
+  const metrics = new AgentMetrics();
+
   const agent = new Agent({
     apiUrl: config.apiUrl,
     runnerId: config.runnerId,
@@ -83,8 +105,10 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       userAgent: `${PROGRAM}/${VERSION}`,
       ca: config.ca,
       rejectUnauthorized: !config.insecureSkipTlsVerify,
+      agentFor: (url) => proxy.agentFor(url),
     },
     log,
+    observer: metrics,
     reconnectMaxMs: config.reconnectMaxMs,
     pingIntervalMs: config.pingIntervalMs,
     pingTimeoutMs: config.pingTimeoutMs,
@@ -92,6 +116,48 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     localDialTimeoutMs: config.localDialTimeoutMs,
     maxTunnels: config.maxTunnels,
   });
+
+  const readiness = (): Readiness => {
+    if (agent.draining) return { ready: false, reason: 'shutting down' };
+    if (agent.connected) return { ready: true };
+    return { ready: false, reason: `control connection down since ${new Date(agent.disconnectedSince).toISOString()}` };
+  };
+  let ops: OpsServer | undefined;
+  if (config.metricsAddr) {
+    ops = new OpsServer({ address: config.metricsAddr, readiness, metrics: () => metrics.render(), log });
+    try {
+      const bound = await ops.listen();
+      log.info(
+        { metricsAddr: formatListenAddress({ host: bound.address, port: bound.port }) },
+        `Serving /healthz, /readyz and /metrics on http://${formatListenAddress({ host: bound.address, port: bound.port })}`,
+      );
+    } catch (err) {
+      log.fatal({ code: codeOf(err) }, describe(err, 500));
+      process.stderr.write(`${PROGRAM}: ${describe(err, 500)}\n`);
+      return EXIT_CONFIG;
+    }
+  }
+
+  const registry = config.register
+    ? new RegistryClient({
+        apiUrl: config.apiUrl,
+        token: config.token,
+        userAgent: `${PROGRAM}/${VERSION}`,
+        dispatcher: proxy.dispatcherFor(config.apiUrl, {
+          ca: config.ca,
+          rejectUnauthorized: !config.insecureSkipTlsVerify,
+        }),
+        instance: {
+          name: config.wolfId,
+          address: config.advertiseAddress,
+          gpuType: config.gpuType,
+          maxSandboxes: config.maxSandboxes,
+        },
+        heartbeatIntervalMs: config.heartbeatIntervalMs,
+        log,
+        observer: metrics,
+      })
+    : undefined;
 
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals): void => {
@@ -104,8 +170,15 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       { signal, tunnels: agent.activeTunnels, gracePeriodMs: config.gracePeriodMs },
       `Received ${signal}: refusing new tunnels and draining`,
     );
-    agent.shutdown(config.gracePeriodMs).then(
-      ({ cut }) => {
+    const deregistered = registry?.stop(DEREGISTER_TIMEOUT_MS);
+    Promise.all([agent.shutdown(config.gracePeriodMs), deregistered])
+      .then(async ([{ cut }]) => {
+        proxy.destroy();
+        await ops?.close();
+        return cut;
+      })
+      .then(
+      (cut) => {
         log.info({ cut }, 'Stopped');
         process.exit(EXIT_OK);
       },
@@ -118,5 +191,6 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   agent.start();
+  registry?.start();
   return undefined;
 }

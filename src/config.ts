@@ -9,6 +9,9 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import pkg from '../package.json' with { type: 'json' };
 import { ErrorCodes, RevdialError } from './errors.js';
 import { type LocalTarget, parseLocalAddress } from './local-dialer.js';
+import { DEFAULT_GPU_PATHS, GPU_TYPES, type GpuProbePaths, type GpuType, detectGpuType } from './gpu-detect.js';
+import { type ListenAddress, parseListenAddress } from './ops-server.js';
+import { type ProxyConfig, parseProxyUrl, proxyConfigFromEnv, safeProxy } from './proxy.js';
 
 export const VERSION: string = pkg.version;
 export const PROGRAM = 'wolf-revdial-client';
@@ -38,10 +41,20 @@ export interface Config {
   insecureSkipTlsVerify: boolean;
   logLevel: LogLevel;
   checkOnly: boolean;
+  /** Where /healthz, /readyz and /metrics are served; null when `off`. */
+  metricsAddr: ListenAddress | null;
+  register: boolean;
+  advertiseAddress: string;
+  gpuType: GpuType;
+  gpuTypeSource: 'flag' | 'auto';
+  maxSandboxes: number;
+  heartbeatIntervalMs: number;
+  proxy: ProxyConfig;
 }
 
 /** Environment variables for boolean flags, read by hand (see `booleanEnv`). */
 const INSECURE_ENV = 'REVDIAL_INSECURE_SKIP_TLS_VERIFY';
+const REGISTER_ENV = 'REVDIAL_REGISTER';
 
 function seconds(min: number) {
   return (value: string): number => {
@@ -102,6 +115,38 @@ function localArg(value: string): string {
   return value;
 }
 
+function metricsAddrArg(value: string): ListenAddress | 'off' {
+  if (value.trim().toLowerCase() === 'off') return 'off';
+  try {
+    return parseListenAddress(value);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+function gpuTypeArg(value: string): GpuType | 'auto' {
+  const v = value.trim().toLowerCase();
+  if (v !== 'auto' && !(GPU_TYPES as readonly string[]).includes(v)) {
+    throw new InvalidArgumentError(`expected one of ${GPU_TYPES.join(', ')}, auto`);
+  }
+  return v as GpuType | 'auto';
+}
+
+function proxyArg(value: string): URL {
+  try {
+    return parseProxyUrl(value, '--proxy');
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message.replace(/^--proxy:? ?/, ''));
+  }
+}
+
+function advertiseArg(value: string): string {
+  if (value.trim() === '' || value.length > 1024 || /[\s]/.test(value)) {
+    throw new InvalidArgumentError('expected a non-empty address without spaces, at most 1024 characters');
+  }
+  return value;
+}
+
 function logLevelArg(value: string): LogLevel {
   const v = value.toLowerCase();
   if (!(LOG_LEVELS as readonly string[]).includes(v)) {
@@ -143,10 +188,17 @@ export function buildProgram(): Command {
     .addOption(new Option('--ca-file <path>', 'extra PEM CA bundle trusted for wss').env('REVDIAL_CA_FILE'))
     .addOption(new Option('--insecure-skip-tls-verify', `do not verify the control plane's TLS certificate (testing only) (env: ${INSECURE_ENV})`))
     .addOption(new Option('--log-level <level>', `log level: ${LOG_LEVELS.join(', ')}; DEBUG=true also means debug`).env('LOG_LEVEL').default('info').argParser(logLevelArg))
+    .addOption(new Option('--metrics-addr <host:port>', 'serve /healthz, /readyz and /metrics here; "off" disables').env('REVDIAL_METRICS_ADDR').default(parseListenAddress('127.0.0.1:9464'), '127.0.0.1:9464').argParser(metricsAddrArg))
+    .addOption(new Option('--register', `register this Wolf with the control plane's registry and heartbeat (env: ${REGISTER_ENV})`))
+    .addOption(new Option('--advertise-address <addr>', 'address sent to the registry (default: the runner id)').env('REVDIAL_ADVERTISE_ADDRESS').argParser(advertiseArg))
+    .addOption(new Option('--gpu-type <type>', `GPU type sent to the registry: ${GPU_TYPES.join(', ')} or auto (detect from /dev)`).env('REVDIAL_GPU_TYPE').default('auto').argParser(gpuTypeArg))
+    .addOption(new Option('--max-sandboxes <n>', 'sandboxes this Wolf can hold, sent to the registry').env('REVDIAL_MAX_SANDBOXES').default(10).argParser(positiveInt))
+    .addOption(new Option('--heartbeat-interval <seconds>', 'registry heartbeat interval (the control plane marks an instance offline after 120 s)').env('REVDIAL_HEARTBEAT_INTERVAL').default(30).argParser(seconds(0.001)))
+    .addOption(new Option('--proxy <url>', 'HTTP CONNECT proxy for every connection to the control plane (default: HTTPS_PROXY / HTTP_PROXY, minus NO_PROXY)').env('REVDIAL_PROXY').argParser(proxyArg))
     .addOption(new Option('--check-config', 'validate the configuration, print it (token redacted) and exit'));
   program.addHelpText(
     'after',
-    '\nExit codes: 0 stopped cleanly, 1 internal error, 2 invalid configuration, 130/143 second SIGINT/SIGTERM (no drain).',
+    '\nExit codes: 0 stopped cleanly, 1 internal error, 2 invalid configuration or --metrics-addr cannot be bound (port in use), 130/143 second SIGINT/SIGTERM (no drain).',
   );
   return program;
 }
@@ -170,13 +222,25 @@ interface RawOptions {
   insecureSkipTlsVerify?: boolean;
   logLevel: LogLevel;
   checkConfig?: boolean;
+  metricsAddr: ListenAddress | 'off';
+  register?: boolean;
+  advertiseAddress?: string;
+  gpuType: GpuType | 'auto';
+  maxSandboxes: number;
+  heartbeatInterval: number;
+  proxy?: URL;
+}
+
+/** What `resolveConfig` reads from the host besides argv and env (tests swap it). */
+export interface HostProbes {
+  gpuPaths?: GpuProbePaths;
 }
 
 /**
  * Validates what commander parsed. Throws RevdialError(REVDIAL_CONFIG_INVALID)
  * with one line that names the flag and its variable.
  */
-export function resolveConfig(program: Command, env: NodeJS.ProcessEnv): Config {
+export function resolveConfig(program: Command, env: NodeJS.ProcessEnv, host: HostProbes = {}): Config {
   const o = program.opts<RawOptions>();
   if (!o.apiUrl) throw configError('missing control plane URL: set HELIX_API_URL or --api-url');
   if (!o.wolfId) throw configError('missing Wolf id: set WOLF_ID or --wolf-id');
@@ -221,6 +285,10 @@ export function resolveConfig(program: Command, env: NodeJS.ProcessEnv): Config 
     if (!ca.includes('-----BEGIN CERTIFICATE-----')) throw configError(`--ca-file ${o.caFile} holds no PEM certificate`);
   }
 
+  const register = o.register === true || booleanEnv(env, REGISTER_ENV);
+  const proxy = proxyConfigFromEnv(o.proxy, env);
+  const runnerId = o.runnerId ?? `wolf-${o.wolfId}`;
+
   const insecure = o.insecureSkipTlsVerify === true || booleanEnv(env, INSECURE_ENV);
   const debug = booleanEnvLenient(env, 'DEBUG');
   const logLevel = debug && program.getOptionValueSource('logLevel') === 'default' ? 'debug' : o.logLevel;
@@ -228,7 +296,7 @@ export function resolveConfig(program: Command, env: NodeJS.ProcessEnv): Config 
   const config: Config = {
     apiUrl: o.apiUrl,
     wolfId: o.wolfId,
-    runnerId: o.runnerId ?? `wolf-${o.wolfId}`,
+    runnerId,
     token,
     tokenSource,
     local: parseLocalAddress(o.local),
@@ -243,6 +311,14 @@ export function resolveConfig(program: Command, env: NodeJS.ProcessEnv): Config 
     insecureSkipTlsVerify: insecure,
     logLevel,
     checkOnly: o.checkConfig === true,
+    metricsAddr: o.metricsAddr === 'off' ? null : o.metricsAddr,
+    register,
+    advertiseAddress: o.advertiseAddress ?? runnerId,
+    gpuType: o.gpuType === 'auto' ? detectGpuType(host.gpuPaths ?? DEFAULT_GPU_PATHS) : o.gpuType,
+    gpuTypeSource: o.gpuType === 'auto' ? 'auto' : 'flag',
+    maxSandboxes: o.maxSandboxes,
+    heartbeatIntervalMs: Math.round(o.heartbeatInterval * 1000),
+    proxy,
   };
   if (hasFile) config.tokenFile = o.tokenFile as string;
   if (o.caFile) config.caFile = o.caFile;
@@ -294,5 +370,17 @@ export function describeConfig(config: Config): Record<string, unknown> {
     caFile: config.caFile ?? null,
     insecureSkipTlsVerify: config.insecureSkipTlsVerify,
     logLevel: config.logLevel,
+    metricsAddr: config.metricsAddr ? `${config.metricsAddr.host.includes(':') ? `[${config.metricsAddr.host}]` : config.metricsAddr.host}:${config.metricsAddr.port}` : 'off',
+    register: config.register,
+    advertiseAddress: config.advertiseAddress,
+    gpuType: `${config.gpuType}${config.gpuTypeSource === 'auto' ? ' (detected)' : ''}`,
+    maxSandboxes: config.maxSandboxes,
+    heartbeatIntervalSeconds: config.heartbeatIntervalMs / 1000,
+    egressProxy: {
+      explicit: config.proxy.explicit ? safeProxy(config.proxy.explicit) : null,
+      http: config.proxy.http ? safeProxy(config.proxy.http) : null,
+      https: config.proxy.https ? safeProxy(config.proxy.https) : null,
+      noProxy: config.proxy.noProxy,
+    },
   };
 }

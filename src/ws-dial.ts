@@ -71,6 +71,11 @@ export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket
     const onOpen = (): void => settle(undefined);
     const onError = (err: Error & { code?: string }): void => {
       if (failure !== undefined) return;
+      // Already coded and naming the right place (the egress proxy, see proxy.ts).
+      if (err instanceof RevdialError) {
+        settle(err);
+        return;
+      }
       settle(
         new RevdialError(
           ErrorCodes.CONNECT_FAILED,
