@@ -6,12 +6,16 @@
  *   GET  /api/v1/system/health          small JSON
  *   GET  /api/v1/events?keepaliveMs=N   server-sent events, `:keepalive` every N ms
  *   GET  /bytes?size=N&seed=S           N deterministic bytes (see `expectedDigest`)
+ *   GET  /bytes?...&rate=B              the same, paced at about B bytes per second (a slow stream)
  *   POST /upload                        answers {"bytes": n, "sha256": hex} of the body
+ *   POST /echo                          streams the body back as it arrives (both directions at once)
+ *   POST /stall                         accepts and never reads the body nor answers (a stalled Wolf)
  */
 import { createHash } from 'node:crypto';
 import { existsSync, unlinkSync } from 'node:fs';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { pipeline } from 'node:stream';
 
 const BLOCK = 64 * 1024;
 
@@ -48,6 +52,8 @@ export class StandInWolf {
   readonly server: http.Server;
   readonly #options: StandInWolfOptions;
   requests = 0;
+  /** Requests to `/stall` currently held open. */
+  stalled = 0;
 
   constructor(options: StandInWolfOptions = {}) {
     this.#options = options;
@@ -87,9 +93,17 @@ export class StandInWolf {
     } else if (req.method === 'GET' && url.pathname === '/api/v1/events') {
       this.#events(res, Number(url.searchParams.get('keepaliveMs') ?? 15_000));
     } else if (req.method === 'GET' && url.pathname === '/bytes') {
-      this.#bytes(res, Number(url.searchParams.get('size') ?? 0), url.searchParams.get('seed') ?? '0');
+      const rate = Number(url.searchParams.get('rate') ?? 0);
+      if (rate > 0) this.#slowBytes(res, Number(url.searchParams.get('size') ?? 0), url.searchParams.get('seed') ?? '0', rate);
+      else this.#bytes(res, Number(url.searchParams.get('size') ?? 0), url.searchParams.get('seed') ?? '0');
     } else if (req.method === 'POST' && url.pathname === '/upload') {
       this.#upload(req, res);
+    } else if (req.method === 'POST' && url.pathname === '/echo') {
+      this.#echo(req, res);
+    } else if (req.method === 'POST' && url.pathname === '/stall') {
+      // Never read, never answer: TCP backpressure reaches whoever is sending.
+      this.stalled++;
+      res.on('close', () => this.stalled--);
     } else {
       json(res, 404, { error: 'not found' });
     }
@@ -122,6 +136,45 @@ export class StandInWolf {
       res.end();
     };
     pump();
+  }
+
+  /** `/bytes` paced in 16 KiB slices so the stream lasts about size/rate seconds. */
+  #slowBytes(res: ServerResponse, size: number, seed: string, rate: number): void {
+    if (!Number.isSafeInteger(size) || size < 0) {
+      json(res, 400, { error: 'size must be a whole number' });
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(size) });
+    const block = patternBlock(seed);
+    const slice = 16 * 1024;
+    const started = Date.now();
+    let sent = 0;
+    let timer: NodeJS.Timeout | undefined;
+    const pump = (): void => {
+      timer = undefined;
+      // Catch up to where the rate says we should be, then wait for the next slice.
+      const due = Math.min(size, Math.floor(((Date.now() - started) / 1000) * rate) + slice);
+      while (sent < due) {
+        const off = sent % BLOCK;
+        const n = Math.min(due - sent, BLOCK - off);
+        sent += n;
+        if (!res.write(block.subarray(off, off + n))) {
+          res.once('drain', pump);
+          return;
+        }
+      }
+      if (sent >= size) res.end();
+      else timer = setTimeout(pump, Math.max(1, Math.ceil((slice / rate) * 1000)));
+    };
+    res.on('close', () => clearTimeout(timer));
+    pump();
+  }
+
+  #echo(req: IncomingMessage, res: ServerResponse): void {
+    const length = req.headers['content-length'];
+    res.writeHead(200, { 'content-type': 'application/octet-stream', ...(length ? { 'content-length': length } : {}) });
+    // pipeline, not pipe: a client that goes away must not leave the request stream behind.
+    pipeline(req, res, () => undefined);
   }
 
   #upload(req: IncomingMessage, res: ServerResponse): void {
