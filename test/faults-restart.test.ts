@@ -14,6 +14,8 @@ import { after, test } from 'node:test';
 import { type ProbeReport, percentile, prng, seedFromEnv, spawnProbedAgent } from './helpers/faults.js';
 import { startWolf } from './helpers/harness.js';
 import { PlaneProcess } from './helpers/plane-process.js';
+import { ControlPlane } from '../src/control-plane/server.js';
+import { FaultRelay } from './helpers/fault-relay.js';
 import { cmdline } from './helpers/proc-stats.js';
 import { TOKEN } from './helpers/harness.js';
 import { assertNoTokenLeaked, guardTokens } from './helpers/token-guard.js';
@@ -98,4 +100,41 @@ test(`restart storm: ${RESTARTS} control-plane kills, each served again within 2
   assert.equal(last.abortListeners, baseline.abortListeners, 'abort listeners');
   // The token went through the environment only.
   assert.ok(!argv.includes(TOKEN));
+});
+
+test('a request queued while the agent was away is served on reconnect (conn-ready right behind the 101, in one segment)', async (t) => {
+  const plane = ControlPlane.withToken(TOKEN, { graceMs: 10_000, pickupTimeoutMs: 3_000 });
+  await plane.listen(0, '127.0.0.1');
+  t.after(() => plane.close());
+  const { local } = await startWolf(t);
+  // The relay's latency delivers the 101, the first keep-alive and the
+  // conn-ready of a queued request in one segment, as a slow path would.
+  const relay = new FaultRelay(Number(new URL(plane.url).port));
+  await relay.listen();
+  relay.latencyMs = 20;
+  t.after(() => relay.close());
+  const rounds = 3;
+  const tookMs: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const runnerId = `wolf-queued-${i}`;
+    const started = Date.now();
+    const answer = plane.request(runnerId, { path: '/api/v1/system/health' });
+    const agent = spawnProbedAgent(t, {
+      HELIX_API_URL: relay.url,
+      WOLF_ID: `queued-${i}`,
+      WOLF_LOCAL_ADDR: local,
+      REVDIAL_RECONNECT_MAX: '1',
+    });
+    const res = await answer.catch((err: unknown) => {
+      throw Object.assign(new Error(`round ${i + 1}: queued request failed (${String(err)}); agent log:\n${agent.logs.raw.slice(-6).join('\n')}`), {
+        code: (err as { code?: string }).code,
+      });
+    });
+    assert.equal(res.statusCode, 200);
+    res.resume();
+    tookMs.push(Date.now() - started);
+    agent.child.kill('SIGKILL');
+    await agent.exited;
+  }
+  t.diagnostic(`queued request served ${tookMs.join(', ')} ms after it was made (agent start included)`);
 });
