@@ -198,7 +198,7 @@ class ConnectProxyAgent extends HttpsProxyAgent<string> {
     }
     if (status !== 200) {
       socket.destroy();
-      const hint = status === 407 ? 'check the proxy credentials in the proxy URL' : 'check that the proxy allows CONNECT to this host and port';
+      const hint = status === 407 || status === 401 ? 'check the proxy credentials in the proxy URL' : 'check that the proxy allows CONNECT to this host and port';
       throw new RevdialError(
         ErrorCodes.PROXY_REJECTED,
         `egress proxy ${this.#where} refused CONNECT to ${opts.host}:${opts.port} (HTTP ${status}${statusText ? ` ${statusText}` : ''}): ${hint}`,
