@@ -139,6 +139,14 @@ export class Dialer extends EventEmitter {
     if (this.#ws.readyState === WebSocket.OPEN) this.#ws.send(data, { binary });
   }
 
+  /**
+   * Stops reading the control connection while keeping it open: the agent's
+   * pings go unanswered, as over a blackholed path.
+   */
+  stopReading(): void {
+    this.#ws.pause();
+  }
+
   close(): void {
     this.#ws.close(1000);
   }
