@@ -92,7 +92,10 @@ export class Agent {
   constructor(options: AgentOptions) {
     const reconnectMaxMs = options.reconnectMaxMs;
     this.#o = {
-      reconnectMinMs: Math.min(500, reconnectMaxMs),
+      // Half the cap at most: p-retry draws the first wait from [min, 2*min]
+      // and clips it to the cap, so min == cap gave every agent exactly the
+      // cap (no jitter: a fleet dropped together came back together).
+      reconnectMinMs: Math.min(500, reconnectMaxMs / 2),
       stableAfterMs: 10_000,
       handshakeTimeoutMs: 10_000,
       closeBackstopMs: 5_000,
