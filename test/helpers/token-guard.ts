@@ -18,6 +18,12 @@ export function guardTokens(name: string, read: Source): void {
   sources.push({ name, read });
 }
 
+/** The first line holding a token (plain or base64), if any. */
+export function findToken(lines: string[], tokens: string[] = [TOKEN]): string | undefined {
+  const needles = tokens.flatMap((t) => [t, Buffer.from(t).toString('base64')]);
+  return lines.find((line) => needles.some((n) => line.includes(n)));
+}
+
 /** Scans everything registered so far; returns how many lines were read. */
 export function assertNoTokenLeaked(tokens: string[] = [TOKEN]): { sources: number; lines: number } {
   const needles = tokens.flatMap((t) => [t, Buffer.from(t).toString('base64')]);
