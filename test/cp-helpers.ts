@@ -92,6 +92,8 @@ export async function call(base: string, method: string, path: string, token: st
   const res = await fetch(`${base}${path}`, {
     method,
     headers,
+    // A hung call fails the test with a stack naming it, instead of the file's timeout.
+    signal: AbortSignal.timeout(15_000),
     ...(body !== undefined ? { body: typeof body === 'string' ? body : JSON.stringify(body) } : {}),
   });
   const text = await res.text();

@@ -74,7 +74,7 @@ export class HealthMonitor {
       let reason = '';
       if (silentMs > this.#offlineAfterMs) {
         to = 'offline';
-        reason = `no heartbeat for ${Math.round(silentMs / 1000)} s (limit ${this.#offlineAfterMs / 1000} s)`;
+        reason = `no heartbeat for ${(silentMs / 1000).toFixed(1)} s (limit ${this.#offlineAfterMs / 1000} s)`;
       } else if (this.#tunnelUp && instance.status !== 'offline') {
         const up = this.#tunnelUp(runnerIdOf(instance));
         if (!up && instance.status === 'online') {

@@ -35,7 +35,7 @@ export class NoInstanceAvailableError extends RevdialError {
     if (details.registered === 0) why = 'no Wolf instance is registered';
     else if (details.online === 0) why = `none of the ${details.registered} registered Wolf instances is online`;
     else if (details.matchingGpu === 0) why = `none of the ${details.online} online Wolf instances has GPU type "${details.gpuType ?? ''}"`;
-    else why = `all ${details.matchingGpu} online Wolf instances${want} are full`;
+    else why = details.matchingGpu === 1 ? `the only online Wolf instance${want} is full` : `all ${details.matchingGpu} online Wolf instances${want} are full`;
     super(ErrorCodes.NO_INSTANCE_AVAILABLE, `no Wolf instance can take a sandbox${want}: ${why}`);
     this.name = 'NoInstanceAvailableError';
     this.details = details;

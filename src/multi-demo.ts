@@ -1,0 +1,400 @@
+/**
+ * The multi-Wolf demo: one control plane with the registry, health monitor and
+ * least-loaded scheduler; N stand-in Wolf APIs, each behind its own agent
+ * process with a different GPU type. It creates sandboxes, shows how they
+ * spread, routes a request to each through its holder's RevDial tunnel, stops
+ * one agent (SIGTERM: it deregisters), kills another (SIGKILL: its heartbeats
+ * stop and the monitor marks it offline) and shows new sandboxes going to the
+ * survivors. Exits 0 when every expectation held.
+ *
+ *   npm run demo:multi [-- --wolves 3 --sandboxes 20 --agent-cmd dist/wolf-revdial-client --verbose]
+ *
+ * Time is shortened so the failover takes seconds: agents heartbeat every
+ * 0.5 s, the monitor checks every 0.5 s and calls an instance offline after
+ * 3 s without a heartbeat (defaults: 60 s and 2 min).
+ */
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import type { EventEmitter } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import pino from 'pino';
+import { type Fleet, createFleet } from './control-plane/fleet.js';
+import type { WolfInstance } from './control-plane/registry.js';
+import type { Sandbox } from './control-plane/sandboxes.js';
+import { StandInWolf } from './stand-in-wolf.js';
+
+const root = fileURLToPath(new URL('../../', import.meta.url));
+
+const { values: args } = parseArgs({
+  options: {
+    wolves: { type: 'string', default: '3' },
+    sandboxes: { type: 'string', default: '20' },
+    'max-sandboxes': { type: 'string', default: '10' },
+    'agent-cmd': { type: 'string', default: join(root, 'bin', 'wolf-revdial-client') },
+    verbose: { type: 'boolean', default: false },
+  },
+});
+
+const GPU_TYPES = ['nvidia', 'amd', 'none'];
+const HEARTBEAT_S = 0.5;
+const CHECK_MS = 500;
+const OFFLINE_AFTER_MS = 3_000;
+const WAIT_MS = 20_000;
+
+const say = (line = ''): void => {
+  process.stdout.write(`${line}\n`);
+};
+
+interface Node {
+  name: string;
+  runnerId: string;
+  gpu: string;
+  wolf: StandInWolf;
+  local: string;
+  agent?: ChildProcess;
+  exited?: Promise<number | null>;
+  /** Stands in for the agent's registry client when the agent has none (see `agentRegisters`). */
+  shim?: RegistrationShim;
+}
+
+/** Whether this agent build has the registry client (`--register`, issue 3). */
+function agentRegisters(cmd: string): boolean {
+  const help = spawnSync(cmd, ['--help'], { encoding: 'utf8', timeout: 15_000 });
+  return /--register\b/.test(help.stdout ?? '') && /--heartbeat-interval\b/.test(help.stdout ?? '');
+}
+
+/**
+ * For agents without `--register`: registers, heartbeats and deregisters over
+ * the same HTTP endpoints on the agent's behalf, tied to the agent process
+ * (SIGTERM → deregister, SIGKILL → heartbeats just stop).
+ */
+class RegistrationShim {
+  #id: string | undefined;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly base: string,
+    readonly token: string,
+    readonly node: Node,
+    readonly max: number,
+  ) {}
+
+  async start(): Promise<void> {
+    const inst = (await this.#call('POST', '/api/v1/wolf-instances/register', {
+      name: this.node.name,
+      address: this.node.local,
+      gpu_type: this.node.gpu,
+      max_sandboxes: this.max,
+    })) as WolfInstance;
+    this.#id = inst.id;
+    this.#timer = setInterval(() => {
+      this.#call('POST', `/api/v1/wolf-instances/${inst.id}/heartbeat`).catch(() => undefined);
+    }, HEARTBEAT_S * 1000);
+  }
+
+  stop(): void {
+    clearInterval(this.#timer);
+  }
+
+  async deregister(): Promise<void> {
+    this.stop();
+    if (this.#id) await this.#call('DELETE', `/api/v1/wolf-instances/${this.#id}`);
+  }
+
+  async #call(method: string, path: string, body?: unknown): Promise<unknown> {
+    const res = await fetch(`${this.base}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json' },
+      ...(body ? { body: JSON.stringify(body) } : {}),
+    });
+    if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status}`);
+    return res.json();
+  }
+}
+
+/** Resolves when `emitter` emits `event` with arguments that satisfy `pred`. */
+function waitForEvent<T extends unknown[]>(emitter: EventEmitter, event: string, pred: (...a: T) => boolean, what: string): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      emitter.removeListener(event, on);
+      reject(new Error(`timed out after ${WAIT_MS} ms waiting for ${what}`));
+    }, WAIT_MS);
+    const on = (...a: unknown[]): void => {
+      if (!pred(...(a as T))) return;
+      clearTimeout(timer);
+      emitter.removeListener(event, on);
+      resolve(a as T);
+    };
+    emitter.on(event, on);
+  });
+}
+
+async function api(fleet: Fleet, token: string, method: string, path: string, body?: unknown): Promise<{ status: number; json: unknown }> {
+  const res = await fetch(`${fleet.plane.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, ...(body ? { 'content-type': 'application/json' } : {}) },
+    ...(body ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await res.text();
+  let json: unknown = text;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    /* not JSON */
+  }
+  return { status: res.status, json };
+}
+
+function table(fleet: Fleet, nodes: Node[]): void {
+  say('    instance  gpu     status    sandboxes');
+  for (const n of nodes) {
+    const i = fleet.registry.findByName(n.name);
+    const count = i ? `${i.connected_sandboxes}/${i.max_sandboxes}` : '-';
+    const bar = i ? '#'.repeat(i.connected_sandboxes) : '';
+    say(`    ${n.name.padEnd(8)}  ${n.gpu.padEnd(6)}  ${(i?.status ?? 'gone').padEnd(8)}  ${count.padEnd(5)}  ${bar}`);
+  }
+}
+
+async function run(): Promise<boolean> {
+  const wolves = Number(args.wolves);
+  const total = Number(args.sandboxes);
+  const max = Number(args['max-sandboxes']);
+  if (!Number.isInteger(wolves) || wolves < 3) throw new Error('--wolves must be 3 or more (one is stopped, one killed, one survives)');
+  if (!Number.isInteger(total) || total < 1) throw new Error('--sandboxes must be 1 or more');
+  if (!Number.isInteger(max) || max * wolves < total) throw new Error('--max-sandboxes times --wolves must hold --sandboxes');
+
+  const agentCmd = args['agent-cmd'] as string;
+  const dir = mkdtempSync(join(tmpdir(), 'wolf-revdial-multi-'));
+  const token = randomBytes(24).toString('hex');
+  const planeLog = pino(
+    { level: args.verbose ? 'debug' : 'info', timestamp: false, base: null },
+    {
+      write: (s: string) => {
+        for (const raw of s.split('\n').filter(Boolean)) {
+          const line = JSON.parse(raw) as { level: number; msg: string };
+          if (args.verbose || (/^Wolf /.test(line.msg) && line.level >= 30)) say(`  plane | ${line.msg}`);
+        }
+      },
+    },
+  );
+  const fleet = createFleet({
+    authorize: (t) => t === token,
+    log: planeLog,
+    checkIntervalMs: CHECK_MS,
+    offlineAfterMs: OFFLINE_AFTER_MS,
+    graceMs: 1_000,
+  });
+  const nodes: Node[] = [];
+  let ok = true;
+  const check = (pass: boolean, what: string): void => {
+    say(`${pass ? 'PASS' : 'FAIL'}  ${what}`);
+    ok &&= pass;
+  };
+
+  try {
+    await fleet.plane.listen(0, '127.0.0.1');
+    fleet.monitor.start();
+    say(`control plane  ${fleet.plane.url}  (registry, health monitor every ${CHECK_MS} ms, offline after ${OFFLINE_AFTER_MS / 1000} s)`);
+    const registers = agentRegisters(agentCmd);
+    say(
+      registers
+        ? `agents         register themselves (--register, heartbeat every ${HEARTBEAT_S} s)`
+        : `agents         this build has no --register yet: the demo registers and heartbeats on each agent's behalf, tied to its process`,
+    );
+
+    for (let k = 0; k < wolves; k++) {
+      const name = `node-${k + 1}`;
+      const wolf = new StandInWolf({ socketPath: join(dir, `${name}.sock`) });
+      const local = await wolf.listen();
+      nodes.push({ name, runnerId: `wolf-${name}`, gpu: GPU_TYPES[k % GPU_TYPES.length] as string, wolf, local });
+    }
+
+    // Start every agent and wait until each is both connected and registered.
+    const allRegistered = waitForEvent<[WolfInstance]>(
+      fleet.registry,
+      'registered',
+      () => nodes.every((n) => fleet.registry.findByName(n.name)),
+      'every Wolf to register',
+    );
+    for (const n of nodes) {
+      const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp' };
+      Object.assign(env, {
+        HELIX_API_URL: fleet.plane.url,
+        WOLF_ID: n.name,
+        RUNNER_TOKEN: token,
+        WOLF_LOCAL_ADDR: n.local,
+        LOG_LEVEL: 'info',
+        REVDIAL_METRICS_ADDR: '127.0.0.1:0',
+      });
+      const flags = registers
+        ? ['--register', '--gpu-type', n.gpu, '--max-sandboxes', String(max), '--heartbeat-interval', String(HEARTBEAT_S), '--advertise-address', n.local]
+        : [];
+      const connected = fleet.plane.waitForRunner(n.runnerId, WAIT_MS);
+      const agent = spawn(agentCmd, flags, { env, stdio: ['ignore', 'pipe', 'inherit'] });
+      n.agent = agent;
+      n.exited = new Promise((resolve) => agent.once('exit', (code) => resolve(code)));
+      agent.stdout?.setEncoding('utf8');
+      agent.stdout?.on('data', (text: string) => {
+        if (!args.verbose) return;
+        for (const line of text.split('\n').filter(Boolean)) say(`  ${n.name} | ${line}`);
+      });
+      await connected;
+      if (!registers) {
+        n.shim = new RegistrationShim(fleet.plane.url, token, n, max);
+        await n.shim.start();
+      }
+      say(`${n.name.padEnd(13)}  ${n.runnerId} connected (pid ${agent.pid}), GPU ${n.gpu}, Wolf API ${n.local}`);
+    }
+    if (nodes.some((n) => !fleet.registry.findByName(n.name))) await allRegistered;
+    else allRegistered.catch(() => undefined);
+    const listed = await api(fleet, token, 'GET', '/api/v1/wolf-instances');
+    check(
+      listed.status === 200 && Array.isArray(listed.json) && listed.json.length === wolves && listed.json.every((i: WolfInstance) => i.status === 'online'),
+      `GET /api/v1/wolf-instances: ${wolves} instances, all online`,
+    );
+
+    // 1. Spread.
+    say(`\n== ${total} sandboxes, POST /api/v1/sandboxes`);
+    const made: Sandbox[] = [];
+    for (let k = 0; k < total; k++) {
+      const r = await api(fleet, token, 'POST', '/api/v1/sandboxes', {});
+      if (r.status !== 201) throw new Error(`POST /api/v1/sandboxes -> ${r.status} ${JSON.stringify(r.json)}`);
+      made.push(r.json as Sandbox);
+    }
+    table(fleet, nodes);
+    const counts = nodes.map((n) => fleet.registry.findByName(n.name)?.connected_sandboxes ?? -1);
+    check(Math.max(...counts) - Math.min(...counts) <= 1, `even spread: ${counts.join(' / ')} (no Wolf more than one above another)`);
+
+    // 2. Routing: every sandbox's request reaches its own holder's Wolf.
+    const before = nodes.map((n) => n.wolf.requests);
+    let healthy = 0;
+    for (const s of made) {
+      const r = await api(fleet, token, 'GET', `/api/v1/sandboxes/${s.id}/proxy/api/v1/system/health`);
+      if (r.status === 200 && (r.json as { status?: string }).status === 'ok') healthy++;
+    }
+    const served = nodes.map((n, k) => n.wolf.requests - (before[k] as number));
+    const held = nodes.map((n) => made.filter((s) => s.instance_name === n.name).length);
+    check(
+      healthy === total && served.every((v, k) => v === held[k]),
+      `routing: ${healthy}/${total} GET /api/v1/sandboxes/{id}/proxy/api/v1/system/health answered 200; each Wolf served exactly its own (${served.join(' / ')})`,
+    );
+
+    // 3. GPU filter.
+    const amd = nodes.find((n) => n.gpu === 'amd') as Node;
+    const gpuPick = await api(fleet, token, 'POST', '/api/v1/sandboxes', { gpu_type: 'amd' });
+    check(gpuPick.status === 201 && (gpuPick.json as Sandbox).instance_name === amd.name, `{"gpu_type":"amd"} placed on ${(gpuPick.json as Sandbox).instance_name} (the amd Wolf)`);
+    if (gpuPick.status === 201) made.push(gpuPick.json as Sandbox);
+    const tpu = await api(fleet, token, 'POST', '/api/v1/sandboxes', { gpu_type: 'tpu' });
+    check(
+      tpu.status === 503 && (tpu.json as { code?: string }).code === 'REVDIAL_NO_INSTANCE_AVAILABLE',
+      `{"gpu_type":"tpu"} -> ${tpu.status} ${(tpu.json as { code?: string }).code}: ${(tpu.json as { error?: string }).error}`,
+    );
+
+    // 4. SIGTERM: the agent drains and deregisters.
+    const stopped = nodes[0] as Node;
+    say(`\n== SIGTERM ${stopped.name} (pid ${stopped.agent?.pid})`);
+    const gone = waitForEvent<[WolfInstance]>(fleet.registry, 'deregistered', (i) => i.name === stopped.name, `${stopped.name} to deregister`);
+    stopped.agent?.kill('SIGTERM');
+    const code = await stopped.exited;
+    if (stopped.shim) await stopped.shim.deregister();
+    await gone;
+    check(code === 0 && !fleet.registry.findByName(stopped.name), `${stopped.name} exited with code ${code} and is no longer registered`);
+
+    // 5. SIGKILL: the tunnel drops at once (degraded), heartbeats stop (offline).
+    const killed = nodes[1] as Node;
+    say(`\n== SIGKILL ${killed.name} (pid ${killed.agent?.pid})`);
+    const killedId = fleet.registry.findByName(killed.name)?.id;
+    const t0 = performance.now();
+    const degraded = waitForEvent<[WolfInstance]>(fleet.registry, 'status', (i) => i.name === killed.name && i.status === 'degraded', `${killed.name} degraded`);
+    const offline = waitForEvent<[WolfInstance]>(fleet.registry, 'status', (i) => i.name === killed.name && i.status === 'offline', `${killed.name} offline`);
+    killed.agent?.kill('SIGKILL');
+    await killed.exited;
+    killed.shim?.stop();
+    await degraded;
+    const tDegraded = performance.now() - t0;
+    await offline;
+    const tOffline = performance.now() - t0;
+    check(
+      fleet.registry.get(killedId ?? '')?.status === 'offline',
+      `${killed.name}: degraded ${(tDegraded / 1000).toFixed(1)} s after the kill (tunnel gone), offline after ${(tOffline / 1000).toFixed(1)} s (last heartbeat older than ${OFFLINE_AFTER_MS / 1000} s)`,
+    );
+
+    // 6. New sandboxes go to the survivors only, until they are full.
+    const survivors = nodes.slice(2);
+    const room = survivors.reduce((sum, n) => {
+      const i = fleet.registry.findByName(n.name);
+      return sum + (i ? i.max_sandboxes - i.connected_sandboxes : 0);
+    }, 0);
+    say(`\n== new sandboxes after the failures, until the survivors are full (${room} free slots)`);
+    const fresh: Sandbox[] = [];
+    let refusal: { status: number; json: unknown } | undefined;
+    for (let k = 0; k <= room; k++) {
+      const r = await api(fleet, token, 'POST', '/api/v1/sandboxes', {});
+      if (r.status !== 201) {
+        refusal = r;
+        break;
+      }
+      fresh.push(r.json as Sandbox);
+    }
+    made.push(...fresh);
+    table(fleet, nodes);
+    check(
+      fresh.length === room && room > 0 && fresh.every((s) => survivors.some((n) => n.name === s.instance_name)),
+      `${fresh.length} placed, all on ${survivors.map((n) => n.name).join(', ')}: ${fresh.map((s) => s.instance_name).join(', ')}`,
+    );
+    check(
+      refusal?.status === 503 && (refusal.json as { code?: string }).code === 'REVDIAL_NO_INSTANCE_AVAILABLE',
+      `the next one -> ${refusal?.status} ${(refusal?.json as { code?: string } | undefined)?.code}: ${(refusal?.json as { error?: string } | undefined)?.error}`,
+    );
+    const onSurvivor = fresh[0] as Sandbox;
+    const ping = await api(fleet, token, 'GET', `/api/v1/sandboxes/${onSurvivor.id}/proxy/api/v1/system/health`);
+    check(ping.status === 200, `a new sandbox on ${onSurvivor.instance_name} answers through its tunnel: ${ping.status}`);
+    const orphan = made.find((s) => s.instance_name === killed.name) as Sandbox;
+    const dead = await api(fleet, token, 'GET', `/api/v1/sandboxes/${orphan.id}/proxy/api/v1/system/health`);
+    check(
+      dead.status === 502 && (dead.json as { code?: string }).code === 'REVDIAL_SANDBOX_UNREACHABLE',
+      `a sandbox held by the killed ${killed.name} -> ${dead.status} ${(dead.json as { code?: string }).code}`,
+    );
+
+    // 7. Destroy everything: every count back to zero.
+    say(`\n== DELETE every sandbox`);
+    let deleted = 0;
+    for (const s of made) if ((await api(fleet, token, 'DELETE', `/api/v1/sandboxes/${s.id}`)).status === 200) deleted++;
+    table(fleet, nodes);
+    const left = fleet.registry.list().map((i) => i.connected_sandboxes);
+    check(deleted === made.length && left.every((c) => c === 0) && fleet.sandboxes.list().length === 0, `${deleted}/${made.length} deleted, every count back to 0`);
+
+    for (const n of survivors) {
+      n.agent?.kill('SIGTERM');
+      const c = await n.exited;
+      if (n.shim) await n.shim.deregister();
+      check(c === 0, `${n.name} stopped with SIGTERM, exit code ${c}`);
+    }
+  } catch (err) {
+    check(false, `demo failed: ${err instanceof Error ? err.message : String(err)}`);
+  } finally {
+    for (const n of nodes) {
+      n.shim?.stop();
+      if (n.agent && n.agent.exitCode === null && n.agent.signalCode === null) n.agent.kill('SIGKILL');
+    }
+    await fleet.close();
+    for (const n of nodes) await n.wolf.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  return ok;
+}
+
+run().then(
+  (ok) => {
+    say(ok ? '\nMulti-Wolf demo passed: even spread, routing through each tunnel, failover to the survivor.' : '\nMulti-Wolf demo FAILED.');
+    process.exitCode = ok ? 0 : 1;
+  },
+  (err: unknown) => {
+    say(`multi-demo: ${err instanceof Error ? err.message : String(err)}`);
+    process.exitCode = 2;
+  },
+);
