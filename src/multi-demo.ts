@@ -57,63 +57,12 @@ interface Node {
   local: string;
   agent?: ChildProcess;
   exited?: Promise<number | null>;
-  /** Stands in for the agent's registry client when the agent has none (see `agentRegisters`). */
-  shim?: RegistrationShim;
 }
 
 /** Whether this agent build has the registry client (`--register`, issue 3). */
 function agentRegisters(cmd: string): boolean {
   const help = spawnSync(cmd, ['--help'], { encoding: 'utf8', timeout: 15_000 });
   return /--register\b/.test(help.stdout ?? '') && /--heartbeat-interval\b/.test(help.stdout ?? '');
-}
-
-/**
- * For agents without `--register`: registers, heartbeats and deregisters over
- * the same HTTP endpoints on the agent's behalf, tied to the agent process
- * (SIGTERM → deregister, SIGKILL → heartbeats just stop).
- */
-class RegistrationShim {
-  #id: string | undefined;
-  #timer: NodeJS.Timeout | undefined;
-
-  constructor(
-    readonly base: string,
-    readonly token: string,
-    readonly node: Node,
-    readonly max: number,
-  ) {}
-
-  async start(): Promise<void> {
-    const inst = (await this.#call('POST', '/api/v1/wolf-instances/register', {
-      name: this.node.name,
-      address: this.node.local,
-      gpu_type: this.node.gpu,
-      max_sandboxes: this.max,
-    })) as WolfInstance;
-    this.#id = inst.id;
-    this.#timer = setInterval(() => {
-      this.#call('POST', `/api/v1/wolf-instances/${inst.id}/heartbeat`).catch(() => undefined);
-    }, HEARTBEAT_S * 1000);
-  }
-
-  stop(): void {
-    clearInterval(this.#timer);
-  }
-
-  async deregister(): Promise<void> {
-    this.stop();
-    if (this.#id) await this.#call('DELETE', `/api/v1/wolf-instances/${this.#id}`);
-  }
-
-  async #call(method: string, path: string, body?: unknown): Promise<unknown> {
-    const res = await fetch(`${this.base}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${this.token}`, 'content-type': 'application/json' },
-      ...(body ? { body: JSON.stringify(body) } : {}),
-    });
-    if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status}`);
-    return res.json();
-  }
 }
 
 /** Resolves when `emitter` emits `event` with arguments that satisfy `pred`. */
@@ -199,12 +148,8 @@ async function run(): Promise<boolean> {
     await fleet.plane.listen(0, '127.0.0.1');
     fleet.monitor.start();
     say(`control plane  ${fleet.plane.url}  (registry, health monitor every ${CHECK_MS} ms, offline after ${OFFLINE_AFTER_MS / 1000} s)`);
-    const registers = agentRegisters(agentCmd);
-    say(
-      registers
-        ? `agents         register themselves (--register, heartbeat every ${HEARTBEAT_S} s)`
-        : `agents         this build has no --register yet: the demo registers and heartbeats on each agent's behalf, tied to its process`,
-    );
+    if (!agentRegisters(agentCmd)) throw new Error(`${agentCmd} has no --register / --heartbeat-interval: build the current agent (npm run build)`);
+    say(`agents         register themselves (--register, heartbeat every ${HEARTBEAT_S} s)`);
 
     for (let k = 0; k < wolves; k++) {
       const name = `node-${k + 1}`;
@@ -230,9 +175,7 @@ async function run(): Promise<boolean> {
         LOG_LEVEL: 'info',
         REVDIAL_METRICS_ADDR: '127.0.0.1:0',
       });
-      const flags = registers
-        ? ['--register', '--gpu-type', n.gpu, '--max-sandboxes', String(max), '--heartbeat-interval', String(HEARTBEAT_S), '--advertise-address', n.local]
-        : [];
+      const flags = ['--register', '--gpu-type', n.gpu, '--max-sandboxes', String(max), '--heartbeat-interval', String(HEARTBEAT_S), '--advertise-address', n.local];
       const connected = fleet.plane.waitForRunner(n.runnerId, WAIT_MS);
       const agent = spawn(agentCmd, flags, { env, stdio: ['ignore', 'pipe', 'inherit'] });
       n.agent = agent;
@@ -243,10 +186,6 @@ async function run(): Promise<boolean> {
         for (const line of text.split('\n').filter(Boolean)) say(`  ${n.name} | ${line}`);
       });
       await connected;
-      if (!registers) {
-        n.shim = new RegistrationShim(fleet.plane.url, token, n, max);
-        await n.shim.start();
-      }
       say(`${n.name.padEnd(13)}  ${n.runnerId} connected (pid ${agent.pid}), GPU ${n.gpu}, Wolf API ${n.local}`);
     }
     if (nodes.some((n) => !fleet.registry.findByName(n.name))) await allRegistered;
@@ -300,7 +239,6 @@ async function run(): Promise<boolean> {
     const gone = waitForEvent<[WolfInstance]>(fleet.registry, 'deregistered', (i) => i.name === stopped.name, `${stopped.name} to deregister`);
     stopped.agent?.kill('SIGTERM');
     const code = await stopped.exited;
-    if (stopped.shim) await stopped.shim.deregister();
     await gone;
     check(code === 0 && !fleet.registry.findByName(stopped.name), `${stopped.name} exited with code ${code} and is no longer registered`);
 
@@ -313,7 +251,6 @@ async function run(): Promise<boolean> {
     const offline = waitForEvent<[WolfInstance]>(fleet.registry, 'status', (i) => i.name === killed.name && i.status === 'offline', `${killed.name} offline`);
     killed.agent?.kill('SIGKILL');
     await killed.exited;
-    killed.shim?.stop();
     await degraded;
     const tDegraded = performance.now() - t0;
     await offline;
@@ -371,14 +308,12 @@ async function run(): Promise<boolean> {
     for (const n of survivors) {
       n.agent?.kill('SIGTERM');
       const c = await n.exited;
-      if (n.shim) await n.shim.deregister();
       check(c === 0, `${n.name} stopped with SIGTERM, exit code ${c}`);
     }
   } catch (err) {
     check(false, `demo failed: ${err instanceof Error ? err.message : String(err)}`);
   } finally {
     for (const n of nodes) {
-      n.shim?.stop();
       if (n.agent && n.agent.exitCode === null && n.agent.signalCode === null) n.agent.kill('SIGKILL');
     }
     await fleet.close();
