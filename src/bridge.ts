@@ -67,6 +67,9 @@ export class Bridge {
     local.on('close', this.#localOnClose);
     if (ws.readyState !== WebSocket.OPEN) this.#wsOnClose();
     if (local.destroyed) this.#localOnClose();
+    // The data connection is handed over paused (ws-dial `pauseOnOpen`) so that
+    // nothing the control plane sent before the bridge existed is lost.
+    if (ws.isPaused && !this.#wsClosed) ws.resume();
   }
 
   get bytesToLocal(): number {

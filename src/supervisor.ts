@@ -214,6 +214,10 @@ export class Agent {
         maxPayload: CONTROL_MAX_PAYLOAD,
         clock: this.#clock,
         signal: this.#stop.signal,
+        // The plane sends keep-alive, and conn-ready for requests it queued
+        // while we were away, the moment we connect: hold them until the
+        // session listens (see DialOptions.pauseOnOpen).
+        pauseOnOpen: true,
       });
     } catch (err) {
       // Tokens get rotated: an auth failure is retried, but at the slowest pace.
@@ -229,6 +233,7 @@ export class Agent {
       log: this.#log,
       onConnReady: this.#onConnReady,
     });
+    ws.resume();
     this.#session = session;
     if (this.#stop.signal.aborted) {
       session.close(this.#stop.signal.reason as RevdialError);
@@ -338,6 +343,7 @@ export class Agent {
               maxPayload: DATA_MAX_PAYLOAD,
               clock: this.#clock,
               signal,
+              pauseOnOpen: true,
             }),
           dialLocal: (signal) =>
             dialLocal(this.#o.local, { timeoutMs: this.#o.localDialTimeoutMs, clock: this.#clock, signal }),

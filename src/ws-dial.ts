@@ -25,6 +25,13 @@ export interface DialOptions {
   maxPayload: number;
   clock?: Clock;
   signal?: AbortSignal;
+  /**
+   * Pause the WebSocket the moment it opens, so no message is emitted before
+   * the caller has attached its 'message' listener; the caller must `resume()`.
+   * Without it, bytes the peer sends right behind the 101 (they may even share
+   * its TCP segment) are emitted on the next tick, to no listener, and lost.
+   */
+  pauseOnOpen?: boolean;
 }
 
 const BODY_PREVIEW_BYTES = 256;
@@ -68,7 +75,11 @@ export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket
       ws.terminate();
       reject(failure);
     };
-    const onOpen = (): void => settle(undefined);
+    const onOpen = (): void => {
+      // Synchronously, before ws starts reading on the next tick.
+      if (options.pauseOnOpen) ws.pause();
+      settle(undefined);
+    };
     const onError = (err: Error & { code?: string }): void => {
       if (failure !== undefined) return;
       // Already coded and naming the right place (the egress proxy, see proxy.ts).
