@@ -12,8 +12,9 @@
 # 4. systemd-analyze verify on the unit (ExecStart pointed at the built binary),
 #    and systemd-analyze security with a ceiling on the exposure score
 # 5. the embedded control plane carries requests through the packaged executable
-#    (build/src/demo.js --agent-cmd), and start-to-connected times are reported
-#    for it and for the node launcher
+#    (build/src/demo.js --agent-cmd); then, for it and for the node launcher,
+#    start-to-connected times, each run also carrying one request and exiting 0
+#    on SIGTERM
 # 6. hyperfine: process start cost of --version (if hyperfine is installed)
 set -euo pipefail
 
@@ -89,42 +90,58 @@ awk -v s="$score" -v max="$MAX_EXPOSURE" 'BEGIN { exit !(s <= max) }' \
 step "packaged executable carries requests through the embedded control plane"
 "$node" build/src/demo.js --agent-cmd "$PWD/$bin" --quiet
 
-step "start to connected ($RUNS runs each)"
-# Spawn the agent against the project's control plane on loopback and time spawn ->
-# the control plane sees the runner, then SIGTERM it; the same clock the demo uses,
-# without the transfers.
+step "start to connected, then one request through the tunnel ($RUNS runs each)"
+# Spawn the agent against the project's control plane on loopback, time spawn ->
+# the control plane sees the runner (the clock the demo uses), send one request
+# through the tunnel to a stand-in Wolf on a unix socket, then SIGTERM: exit 0.
 measure() {
   # The program is JavaScript in single quotes: its ${...} are template literals.
   # shellcheck disable=SC2016
   "$node" --input-type=module -e '
     import { spawn } from "node:child_process";
+    import { mkdtempSync, rmSync } from "node:fs";
+    import { tmpdir } from "node:os";
+    import { join } from "node:path";
     import { pathToFileURL } from "node:url";
-    const [server, cmd, label, runs] = process.argv.slice(1);
-    const { ControlPlane } = await import(pathToFileURL(server).href);
+    const [src, cmd, label, runs] = process.argv.slice(1);
+    const { ControlPlane } = await import(pathToFileURL(join(src, "control-plane/server.js")).href);
+    const { StandInWolf } = await import(pathToFileURL(join(src, "stand-in-wolf.js")).href);
+    const dir = mkdtempSync(join(tmpdir(), "revdial-startup-"));
     const plane = ControlPlane.withToken("startup-token");
     await plane.listen(0, "127.0.0.1");
+    const wolf = new StandInWolf({ socketPath: join(dir, "wolf.sock") });
+    const local = await wolf.listen();
     const ms = [];
-    for (let i = 0; i < Number(runs); i++) {
-      const runnerId = `wolf-startup-${i}`;
-      const connected = plane.waitForRunner(runnerId, 15000);
-      const t0 = performance.now();
-      const agent = spawn(cmd, [], {
-        stdio: ["ignore", "ignore", "inherit"],
-        env: { HELIX_API_URL: plane.url, WOLF_ID: `startup-${i}`, RUNNER_TOKEN: "startup-token",
-               WOLF_LOCAL_ADDR: "127.0.0.1:9", REVDIAL_METRICS_ADDR: "127.0.0.1:0", LOG_LEVEL: "warn" },
-      });
-      const exited = new Promise((done) => agent.once("exit", (code) => done(code)));
-      await connected;
-      ms.push(performance.now() - t0);
-      agent.kill("SIGTERM");
-      const code = await exited;
-      if (code !== 0) { console.error(`${label}: exit code ${code} after SIGTERM`); process.exit(1); }
+    try {
+      for (let i = 0; i < Number(runs); i++) {
+        const runnerId = `wolf-startup-${i}`;
+        const connected = plane.waitForRunner(runnerId, 15000);
+        const t0 = performance.now();
+        const agent = spawn(cmd, [], {
+          stdio: ["ignore", "ignore", "inherit"],
+          env: { HELIX_API_URL: plane.url, WOLF_ID: `startup-${i}`, RUNNER_TOKEN: "startup-token",
+                 WOLF_LOCAL_ADDR: local, REVDIAL_METRICS_ADDR: "127.0.0.1:0", LOG_LEVEL: "warn" },
+        });
+        const exited = new Promise((done) => agent.once("exit", (code) => done(code)));
+        await connected;
+        ms.push(performance.now() - t0);
+        const res = await plane.request(runnerId, { path: "/api/v1/system/health" });
+        let body = "";
+        for await (const chunk of res) body += chunk;
+        if (res.statusCode !== 200 || !body.includes("\"ok\"")) throw new Error(`${label}: health through the tunnel: ${res.statusCode} ${body}`);
+        agent.kill("SIGTERM");
+        const code = await exited;
+        if (code !== 0) throw new Error(`${label}: exit code ${code} after SIGTERM`);
+      }
+    } finally {
+      await plane.close();
+      await wolf.close();
+      rmSync(dir, { recursive: true, force: true });
     }
-    await plane.close();
     ms.sort((a, b) => a - b);
     const f = (v) => v.toFixed(0).padStart(4);
     console.log(`${label.padEnd(44)} median ${f(ms[(ms.length - 1) >> 1])} ms, min ${f(ms[0])} ms, max ${f(ms.at(-1))} ms (n=${ms.length})`);
-  ' "$PWD/build/src/control-plane/server.js" "$1" "$2" "$RUNS"
+  ' "$PWD/build/src" "$1" "$2" "$RUNS"
 }
 measure "$PWD/$bin" "$bin"
 measure "$PWD/bin/wolf-revdial-client" "bin/wolf-revdial-client (node + build/)"
