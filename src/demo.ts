@@ -12,7 +12,6 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ControlPlane } from './control-plane/server.js';
@@ -117,8 +116,8 @@ async function run(): Promise<boolean> {
     const up = await plane.request(runnerId, {
       method: 'POST',
       path: '/upload',
-      headers: { 'content-type': 'application/octet-stream', 'content-length': String(uploadBytes) },
-      body: Readable.from([payload]),
+      headers: { 'content-type': 'application/octet-stream' },
+      body: payload,
     });
     const answer = JSON.parse((await readAll(up)).toString('utf8')) as { bytes: number; sha256: string };
     secs = (performance.now() - t0) / 1000;

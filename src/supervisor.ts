@@ -358,7 +358,8 @@ export class Agent {
       const end = await outcome;
       result = end.result;
       const fields = { result, endedBy: end.endedBy, bytesToLocal: end.bytesToLocal, bytesFromLocal: end.bytesFromLocal };
-      if (end.error) log.debug({ ...fields, code: end.error.code }, `tunnel closed: ${end.error.message}`);
+      // A tunnel that broke (not one that ended) is worth an operator's attention.
+      if (end.error) log[result === 'error' ? 'warn' : 'debug']({ ...fields, code: end.error.code }, `tunnel closed: ${end.error.message}`);
       else log.debug(fields, 'tunnel closed');
     } catch (err) {
       result = pickupResult(err);

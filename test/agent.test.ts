@@ -51,7 +51,7 @@ test('connects, logs the milestones operators grep for, and carries a request', 
   assert.deepEqual(await health(plane, runnerId), { status: 'ok', service: 'wolf-stand-in' });
   assert.ok(logs.find((l) => l.msg === 'Connected to control plane via RevDial'));
   assert.ok(logs.find((l) => l.msg === `RevDial listener ready, proxying connections to local Wolf API at ${local}`));
-  assert.ok(logs.find((l) => l.level === 'debug' && l.msg === 'tunnel closed' && l.result === 'ok'));
+  await logs.waitFor((l) => l.level === 'debug' && l.msg === 'tunnel closed' && l.result === 'ok');
 });
 
 test('carries a 100 MiB download and a 32 MiB upload byte-exact', async (t) => {

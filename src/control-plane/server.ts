@@ -159,7 +159,7 @@ export class ControlPlane extends EventEmitter {
         reject(err);
       });
       if (request.body === undefined) req.end();
-      else if (Buffer.isBuffer(request.body)) req.end(request.body);
+      else if (Buffer.isBuffer(request.body)) writeInSlices(req, request.body);
       else request.body.pipe(req);
     });
   }
@@ -237,4 +237,25 @@ export class ControlPlane extends EventEmitter {
       `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? ''}\r\nContent-Type: ${type}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
     );
   }
+}
+
+/**
+ * Writes a body in 32 KiB slices, as the Go control plane's io.Copy does, so
+ * each becomes one WebSocket message rather than one message for the whole body.
+ */
+function writeInSlices(req: http.ClientRequest, body: Buffer): void {
+  const SLICE = 32 * 1024;
+  let offset = 0;
+  const pump = (): void => {
+    while (offset < body.length) {
+      const slice = body.subarray(offset, offset + SLICE);
+      offset += slice.length;
+      if (!req.write(slice)) {
+        req.once('drain', pump);
+        return;
+      }
+    }
+    req.end();
+  };
+  pump();
 }
