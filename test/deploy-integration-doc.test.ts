@@ -169,6 +169,22 @@ describe('INTEGRATION.md agrees with the agent', () => {
   });
 });
 
+describe("README.md's configuration table agrees with the agent", () => {
+  // The README also shows other commands' flags (npm run demo -- --agent-cmd ...),
+  // so only its configuration table is held to the agent's options.
+  const rows = configurationTable(readFileSync(join(root, 'README.md'), 'utf8'));
+  const help = agentHelp();
+
+  test('every flag in the table exists', () => {
+    const tableFlags = new Set([...rows.join('\n').matchAll(FLAG)].map((m) => m[0]));
+    assert.deepEqual(difference(tableFlags, help.flags), [], 'flags in the README table that the agent does not accept');
+  });
+
+  test('the table lists every flag and every variable of the agent', () => {
+    assert.deepEqual(missingFromTable(rows, help), { flags: [], variables: [] });
+  });
+});
+
 describe('deployment files set only variables the agent accepts', () => {
   const help = agentHelp();
   const accepted = new Set([...help.optionVariables, ...help.mentionedVariables]);

@@ -205,7 +205,8 @@ export async function sha256Of(res: IncomingMessage): Promise<{ sha256: string; 
 
 /** Environment for a spawned agent: nothing inherited that could send traffic elsewhere. */
 export function agentEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  return { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', ...extra };
+  // No ops listener unless a test asks for one: the default port would collide between agents.
+  return { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', REVDIAL_METRICS_ADDR: 'off', ...extra };
 }
 
 export interface SpawnedAgent {
