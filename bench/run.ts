@@ -297,6 +297,34 @@ async function main(): Promise<void> {
   bare.kill('SIGKILL');
   figure({ section: 'memory', name: 'RSS idle', unit: 'MiB', runs: [rssIdle], directRuns: [bareRss], directLabel: 'bare node', target: 64 });
 
+  // -- 4. Before any load, so the figure is what the idle tunnels cost, not what the load left behind.
+  say(`opening ${o.idleTunnels} idle tunnels`);
+  const wolfRss0 = rssMiB(wolfPid);
+  const a0 = cpuSeconds(agent.pid);
+  const opened = await plane.ipc.call<number>('openIdle', { count: o.idleTunnels, via: 'tunnel' });
+  const openCpu = cpuSeconds(agent.pid) - a0;
+  await new Promise((r) => setTimeout(r, 1000));
+  const rssTunnels = rssMiB(agent.pid);
+  await plane.ipc.call('closeIdle');
+  const wolfRssTunnels = rssMiB(wolfPid);
+  const opened2 = await plane.ipc.call<number>('openIdle', { count: o.idleTunnels, via: 'direct' });
+  await new Promise((r) => setTimeout(r, 1000));
+  const wolfRssDirect = rssMiB(wolfPid);
+  await plane.ipc.call('closeIdle');
+  if (opened !== o.idleTunnels || opened2 !== o.idleTunnels) throw new Error(`opened ${opened}/${opened2} of ${o.idleTunnels} idle streams`);
+  checks.push(`${o.idleTunnels} idle tunnels opened (event streams answered 200)`);
+  figure({
+    section: 'memory',
+    name: `RSS with ${o.idleTunnels} idle tunnels`,
+    unit: 'MiB',
+    runs: [rssTunnels],
+    directRuns: [wolfRssDirect],
+    directLabel: `wolf with ${o.idleTunnels} direct conns`,
+    ...(o.idleTunnels >= 1000 ? { target: 128 } : {}),
+    note: `wolf RSS before ${wolfRss0.toFixed(1)} MiB, with the tunnels ${wolfRssTunnels.toFixed(1)} MiB`,
+  });
+  figure({ section: 'memory', name: 'agent CPU per idle tunnel opened', unit: 'µs', runs: [(openCpu / o.idleTunnels) * 1e6] });
+
   // -- 1. fresh tunnel per request, small JSON GET.
   const path = '/api/v1/system/health';
   say(`warm-up: ${path} through each path`);
@@ -381,35 +409,9 @@ async function main(): Promise<void> {
     figure({ section: `bulk ${label}`, name: 'agent CPU per GiB', unit: 'CPU-s', runs: cpuPerGiB, directRuns: wolfCpuPerGiB, directLabel: 'wolf CPU/GiB direct', target: 1.0 });
   }
 
-  // -- 4. RSS with idle tunnels open, beside the stand-in Wolf holding as many direct connections.
   const rssAfterLoad = rssMiB(agent.pid);
   figure({ section: 'memory', name: 'RSS idle after the load', unit: 'MiB', runs: [rssAfterLoad] });
-  say(`opening ${o.idleTunnels} idle tunnels`);
-  const wolfRss0 = rssMiB(wolfPid);
-  const a0 = cpuSeconds(agent.pid);
-  const opened = await plane.ipc.call<number>('openIdle', { count: o.idleTunnels, via: 'tunnel' });
-  const openCpu = cpuSeconds(agent.pid) - a0;
-  await new Promise((r) => setTimeout(r, 1000));
-  const rssTunnels = rssMiB(agent.pid);
-  await plane.ipc.call('closeIdle');
-  const wolfRssTunnels = rssMiB(wolfPid);
-  const opened2 = await plane.ipc.call<number>('openIdle', { count: o.idleTunnels, via: 'direct' });
-  await new Promise((r) => setTimeout(r, 1000));
-  const wolfRssDirect = rssMiB(wolfPid);
-  await plane.ipc.call('closeIdle');
-  if (opened !== o.idleTunnels || opened2 !== o.idleTunnels) throw new Error(`opened ${opened}/${opened2} of ${o.idleTunnels} idle streams`);
-  checks.push(`${o.idleTunnels} idle tunnels opened (event streams answered 200)`);
-  figure({
-    section: 'memory',
-    name: `RSS with ${o.idleTunnels} idle tunnels`,
-    unit: 'MiB',
-    runs: [rssTunnels],
-    directRuns: [wolfRssDirect],
-    directLabel: `wolf with ${o.idleTunnels} direct conns`,
-    ...(o.idleTunnels >= 1000 ? { target: 128 } : {}),
-    note: `wolf RSS before ${wolfRss0.toFixed(1)} MiB, with the tunnels ${wolfRssTunnels.toFixed(1)} MiB`,
-  });
-  figure({ section: 'memory', name: 'agent CPU per idle tunnel opened', unit: 'µs', runs: [(openCpu / o.idleTunnels) * 1e6] });
+
 
   // -- 5. start to connected, beside a bare `node -e 0` start to exit.
   const startTimes = async (command: string): Promise<number[]> => {
