@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ControlPlane } from './control-plane/server.js';
-import { StandInWolf, expectedDigest } from './stand-in-wolf.js';
+import { StandInWolf, digestOf, expectedDigest } from './stand-in-wolf.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -36,16 +36,6 @@ async function readAll(res: IncomingMessage): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of res) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
-}
-
-async function digestOf(res: IncomingMessage): Promise<{ sha256: string; bytes: number }> {
-  const hash = createHash('sha256');
-  let bytes = 0;
-  for await (const chunk of res) {
-    hash.update(chunk as Buffer);
-    bytes += (chunk as Buffer).length;
-  }
-  return { sha256: hash.digest('hex'), bytes };
 }
 
 function waitExit(child: ChildProcess): Promise<number | null> {

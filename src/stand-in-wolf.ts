@@ -43,6 +43,17 @@ export function expectedDigest(size: number, seed: string): string {
   return hash.digest('hex');
 }
 
+/** Reads a stream to its end: its sha256 (hex) and length, to compare with `expectedDigest`. */
+export async function digestOf(stream: AsyncIterable<unknown>): Promise<{ sha256: string; bytes: number }> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  for await (const chunk of stream) {
+    hash.update(chunk as Buffer);
+    bytes += (chunk as Buffer).length;
+  }
+  return { sha256: hash.digest('hex'), bytes };
+}
+
 export interface StandInWolfOptions {
   /** Listen on a unix socket instead of TCP. */
   socketPath?: string;

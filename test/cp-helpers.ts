@@ -2,80 +2,12 @@
  * Helpers for the control-plane registry/scheduler tests: a fake clock that
  * only moves when told, and a JSON client for the plane's HTTP APIs.
  */
-import type { Clock, Timer } from '../src/clock.js';
+import { ManualClock } from './helpers/harness.js';
 
-interface Entry {
-  at: number;
-  fn: () => void;
-  every: number | null;
-}
-
-/** A Clock whose time moves only with `tick(ms)`; timers fire in time order. */
-export class FakeClock implements Clock {
-  #now: number;
-  #timers = new Map<number, Entry>();
-  #next = 1;
-
+/** The shared manual clock, starting at a realistic date so timestamps read well. */
+export class FakeClock extends ManualClock {
   constructor(start = Date.parse('2025-01-01T00:00:00Z')) {
-    this.#now = start;
-  }
-
-  now(): number {
-    return this.#now;
-  }
-
-  setTimeout(fn: () => void, ms: number): Timer {
-    return this.#add(fn, ms, null);
-  }
-
-  setInterval(fn: () => void, ms: number): Timer {
-    return this.#add(fn, ms, Math.max(1, ms));
-  }
-
-  clearTimeout(timer: Timer | undefined): void {
-    if (timer) this.#timers.delete((timer as FakeTimer).id);
-  }
-
-  clearInterval(timer: Timer | undefined): void {
-    this.clearTimeout(timer);
-  }
-
-  get pending(): number {
-    return this.#timers.size;
-  }
-
-  /** Moves time forward by `ms`, firing every timer that falls due on the way. */
-  tick(ms: number): void {
-    const end = this.#now + ms;
-    for (;;) {
-      let dueId = -1;
-      let due: Entry | undefined;
-      for (const [id, e] of this.#timers) {
-        if (e.at <= end && (!due || e.at < due.at)) {
-          due = e;
-          dueId = id;
-        }
-      }
-      if (!due) break;
-      this.#now = due.at;
-      if (due.every === null) this.#timers.delete(dueId);
-      else due.at += due.every;
-      due.fn();
-    }
-    this.#now = end;
-  }
-
-  #add(fn: () => void, ms: number, every: number | null): Timer {
-    const id = this.#next++;
-    this.#timers.set(id, { at: this.#now + Math.max(0, ms), fn, every });
-    return new FakeTimer(id);
-  }
-}
-
-class FakeTimer implements Timer {
-  constructor(readonly id: number) {}
-  unref(): this {
-    return this;
+    super(start);
   }
 }
 

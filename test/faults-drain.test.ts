@@ -6,12 +6,10 @@
  * within the grace period, and a second signal exits immediately.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
 import { after, test } from 'node:test';
 import { expectedDigest } from '../src/stand-in-wolf.js';
 import { spawnProbedAgent } from './helpers/faults.js';
-import { startPlane, startWolf } from './helpers/harness.js';
+import { sha256Of, startPlane, startWolf } from './helpers/harness.js';
 import { assertNoTokenLeaked } from './helpers/token-guard.js';
 
 after(() => {
@@ -21,16 +19,6 @@ after(() => {
 const DOWNLOADS = 20;
 const SIZE = 4 * 1024 * 1024;
 const RATE = 2 * 1024 * 1024; // each lasts about 2 s
-
-async function digest(res: IncomingMessage): Promise<{ sha256: string; bytes: number }> {
-  const hash = createHash('sha256');
-  let bytes = 0;
-  for await (const c of res) {
-    hash.update(c as Buffer);
-    bytes += (c as Buffer).length;
-  }
-  return { sha256: hash.digest('hex'), bytes };
-}
 
 test(`figure 4: SIGTERM with ${DOWNLOADS} downloads of ${SIZE / 1048576} MiB in flight: all complete, later requests refused at once, exit 0 within the grace period`, async (t) => {
   const plane = await startPlane(t, { graceMs: 100 });
@@ -48,7 +36,7 @@ test(`figure 4: SIGTERM with ${DOWNLOADS} downloads of ${SIZE / 1048576} MiB in 
   const responses = await Promise.all(
     Array.from({ length: DOWNLOADS }, (_, i) => plane.request(runnerId, { path: `/bytes?size=${SIZE}&seed=drain-${i}&rate=${RATE}` })),
   );
-  const digests = responses.map((r) => digest(r));
+  const digests = responses.map((r) => sha256Of(r));
   const requestsBefore = wolf.requests;
 
   const dialerClosed = new Promise<number>((resolve) => dialer.once('close', () => resolve(Date.now())));

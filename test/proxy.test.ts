@@ -19,7 +19,7 @@ import { createLogger } from '../src/logger.js';
 import type { RegistryResult } from '../src/metrics.js';
 import { EgressProxy, bypassesProxy, proxyConfigFromEnv, safeProxy } from '../src/proxy.js';
 import { RegistryClient } from '../src/registry-client.js';
-import { LogCapture, TOKEN, readBody, startAgent, startPlane, startWolf } from './helpers/harness.js';
+import { TOKEN, readBody, startAgent, startPlane, startWolf } from './helpers/harness.js';
 import { ObserverEvents, freePort, waitForPort } from './helpers/ops.js';
 
 const TINYPROXY = ['/usr/bin/tinyproxy', '/usr/sbin/tinyproxy'].find((p) => spawnSync(p, ['-v']).status === 0);

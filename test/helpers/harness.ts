@@ -4,7 +4,7 @@
  * all on loopback and all closed in `t.after`.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage } from 'node:http';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +13,7 @@ import pino, { type Logger } from 'pino';
 import type { Clock, Timer } from '../../src/clock.js';
 import { ControlPlane, type ControlPlaneOptions } from '../../src/control-plane/server.js';
 import { parseLocalAddress } from '../../src/local-dialer.js';
-import { StandInWolf, type StandInWolfOptions } from '../../src/stand-in-wolf.js';
+import { StandInWolf, type StandInWolfOptions, digestOf } from '../../src/stand-in-wolf.js';
 import { Agent, type AgentOptions } from '../../src/supervisor.js';
 
 export const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -86,9 +86,13 @@ export class LogCapture {
 
 /** A clock that only moves when told to. */
 export class ManualClock implements Clock {
-  #now = 0;
+  #now: number;
   #seq = 0;
   readonly #timers = new Map<number, { at: number; fn: () => void; every?: number }>();
+
+  constructor(start = 0) {
+    this.#now = start;
+  }
 
   now(): number {
     return this.#now;
@@ -99,7 +103,7 @@ export class ManualClock implements Clock {
   }
 
   setInterval(fn: () => void, ms: number): Timer {
-    return this.#add(fn, ms, ms);
+    return this.#add(fn, ms, Math.max(1, ms));
   }
 
   clearTimeout(timer: Timer | undefined): void {
@@ -193,15 +197,8 @@ export async function readBody(res: IncomingMessage): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-export async function sha256Of(res: IncomingMessage): Promise<{ sha256: string; bytes: number }> {
-  const hash = createHash('sha256');
-  let bytes = 0;
-  for await (const chunk of res) {
-    hash.update(chunk as Buffer);
-    bytes += (chunk as Buffer).length;
-  }
-  return { sha256: hash.digest('hex'), bytes };
-}
+/** sha256 and length of a response body (see `expectedDigest`). */
+export const sha256Of = digestOf;
 
 /** Environment for a spawned agent: nothing inherited that could send traffic elsewhere. */
 export function agentEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
