@@ -52,6 +52,9 @@ export interface Config {
   proxy: ProxyConfig;
 }
 
+/** A token file is read again at most this often. */
+const TOKEN_FILE_REREAD_MS = 1000;
+
 /** Environment variables for boolean flags, read by hand (see `booleanEnv`). */
 const INSECURE_ENV = 'REVDIAL_INSECURE_SKIP_TLS_VERIFY';
 const REGISTER_ENV = 'REVDIAL_REGISTER';
@@ -257,10 +260,15 @@ export function resolveConfig(program: Command, env: NodeJS.ProcessEnv, host: Ho
   if (hasFile) {
     const path = o.tokenFile as string;
     let last = readTokenFile(path);
+    let readAt = Date.now();
     tokenSource = 'file';
     token = () => {
-      // Re-read on every dial so a rotated Secret or credential is picked up;
-      // keep the last good token if the file is briefly missing mid-rotation.
+      // Re-read so a rotated Secret or credential is picked up on the next dial,
+      // but at most once a second: every tunnel's data connection asks too.
+      // Keep the last good token if the file is briefly missing mid-rotation.
+      const now = Date.now();
+      if (now - readAt < TOKEN_FILE_REREAD_MS) return last;
+      readAt = now;
       try {
         last = readTokenFile(path);
       } catch {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { mock, test } from 'node:test';
 import { startupWarnings } from '../src/cli.js';
 import { buildProgram, resolveConfig } from '../src/config.js';
 import { ErrorCodes } from '../src/errors.js';
@@ -99,7 +99,14 @@ test('configuration from the environment; a flag beats its variable; the token f
     assert.equal(c.runnerId, 'wolf-gpu-node-7');
     assert.equal(c.token(), 'from-file');
     writeFileSync(file, 'rotated\n');
-    assert.equal(c.token(), 'rotated', 'a rotated token file is picked up');
+    mock.timers.enable({ apis: ['Date'], now: Date.now() });
+    try {
+      assert.equal(c.token(), 'from-file', 'read at most once a second');
+      mock.timers.tick(1000);
+      assert.equal(c.token(), 'rotated', 'a rotated token file is picked up');
+    } finally {
+      mock.timers.reset();
+    }
     assert.deepEqual(c.local, { kind: 'tcp', host: '127.0.0.1', port: 47989 });
     assert.equal(c.reconnectMaxMs, 2500);
     assert.equal(c.maxTunnels, 7);
