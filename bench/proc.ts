@@ -22,6 +22,13 @@ export function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / clkTck();
 }
 
+/** utime and stime of a live process, in seconds: how much of its CPU is the kernel's (socket syscalls). */
+export function cpuSplit(pid: number): { user: number; sys: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { user: Number(fields[11]) / clkTck(), sys: Number(fields[12]) / clkTck() };
+}
+
 /** Resident set size (VmRSS) in MiB. */
 export function rssMiB(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');

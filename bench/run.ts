@@ -6,7 +6,8 @@
  *
  *   npm run bench                  full run (several runs per figure, medians)
  *   npm run bench -- --smoke       short run for CI: asserts only completion and checksums
- *   npm run bench -- --cpu-prof    also writes the agent's CPU profile under bench/results/
+ *   npm run bench -- --cpu-prof    also writes the agent's CPU profile under bench/results/profiles/
+ *   npm run bench -- --dist        drives the packaged executable (dist/) instead of bin/
  *   npm run bench -- --runs 5 --duration 8 --bulk-mib 1024 --idle 1000
  */
 import { type ChildProcess, execFileSync, fork, spawn } from 'node:child_process';
@@ -16,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IpcClient } from './ipc.js';
-import { cpuSeconds, loadAverage, median, rssMiB, spread } from './proc.js';
+import { cpuSeconds, cpuSplit, loadAverage, median, rssMiB, spread } from './proc.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const NODE = process.execPath;
@@ -39,13 +40,15 @@ interface Options {
   idleTunnels: number;
   startRuns: number;
   cpuProf: boolean;
+  /** Drive the packaged executable (dist/wolf-revdial-client) instead of bin/. */
+  dist: boolean;
 }
 
 function parseArgs(argv: string[]): Options {
   const smoke = argv.includes('--smoke');
   const o: Options = smoke
-    ? { smoke, runs: 1, durationS: 2, concurrency: [1, 32, 128], bulkBytes: 128 * MiB, idleTunnels: 1000, startRuns: 3, cpuProf: false }
-    : { smoke, runs: 3, durationS: 6, concurrency: [1, 32, 128], bulkBytes: GiB, idleTunnels: 1000, startRuns: 7, cpuProf: false };
+    ? { smoke, runs: 1, durationS: 2, concurrency: [1, 32, 128], bulkBytes: 128 * MiB, idleTunnels: 1000, startRuns: 3, cpuProf: false, dist: false }
+    : { smoke, runs: 3, durationS: 6, concurrency: [1, 32, 128], bulkBytes: GiB, idleTunnels: 1000, startRuns: 7, cpuProf: false, dist: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = (): number => Number(argv[++i]);
@@ -56,6 +59,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--start-runs') o.startRuns = next();
     else if (a === '--concurrency') o.concurrency = String(argv[++i]).split(',').map(Number);
     else if (a === '--cpu-prof') o.cpuProf = true;
+    else if (a === '--dist') o.dist = true;
     else if (a !== '--smoke') throw new Error(`unknown option ${a}`);
   }
   return o;
@@ -281,7 +285,7 @@ async function main(): Promise<void> {
   const env = agentEnv(apiUrl, wolfId, token, local);
   const agent = o.cpuProf
     ? startAgent(NODE, ['--cpu-prof', `--cpu-prof-dir=${profDir}`, join(ROOT, 'build/src/main.js')], env)
-    : startAgent(BIN, [], env);
+    : startAgent(o.dist ? DIST : BIN, [], env);
   const connectMs = await agent.connected;
   await plane.ipc.call('waitRunner', { runnerId, timeoutMs: 10_000 });
   say(`agent pid ${agent.pid} connected in ${connectMs.toFixed(0)} ms; plane ${apiUrl}, wolf ${local}`);
@@ -382,6 +386,7 @@ async function main(): Promise<void> {
       for (const via of ['direct', 'tunnel'] as const) {
         const seed = `${direction}-${run}-${via}`;
         const a0 = cpuSeconds(agent.pid);
+        const s0 = cpuSplit(agent.pid);
         const w0 = cpuSeconds(wolfPid);
         const r = await plane.ipc.call<{ ms: number; bytes: number; sha256: string; expected: string; ok: boolean }>('bulk', {
           direction,
@@ -390,6 +395,7 @@ async function main(): Promise<void> {
           seed,
         });
         const agentCpu = cpuSeconds(agent.pid) - a0;
+        const s1 = cpuSplit(agent.pid);
         const wolfCpu = cpuSeconds(wolfPid) - w0;
         if (!r.ok) throw new Error(`bulk ${direction} ${via}: checksum mismatch (${r.bytes} bytes, sha256 ${r.sha256}, expected ${r.expected})`);
         const rate = r.bytes / MiB / (r.ms / 1000);
@@ -400,7 +406,7 @@ async function main(): Promise<void> {
           directMbps.push(rate);
           wolfCpuPerGiB.push(wolfCpu / (r.bytes / GiB));
         }
-        say(`bulk ${direction} ${bulkMiB} MiB ${via} run ${run + 1}: ${rate.toFixed(0)} MiB/s, sha256 ok${via === 'tunnel' ? `, agent ${(agentCpu / (r.bytes / GiB)).toFixed(2)} CPU-s/GiB` : ''}`);
+        say(`bulk ${direction} ${bulkMiB} MiB ${via} run ${run + 1}: ${rate.toFixed(0)} MiB/s, sha256 ok${via === 'tunnel' ? `, agent ${(agentCpu / (r.bytes / GiB)).toFixed(2)} CPU-s/GiB (user ${((s1.user - s0.user) / (r.bytes / GiB)).toFixed(2)}, sys ${((s1.sys - s0.sys) / (r.bytes / GiB)).toFixed(2)})` : ''}`);
       }
     }
     checks.push(`bulk ${direction}: ${o.runs * 2} transfers of ${bulkMiB} MiB, sha256 verified`);
@@ -448,7 +454,7 @@ async function main(): Promise<void> {
     mode: o.smoke ? 'smoke' : 'full',
     options: o,
     machine: { cpus: (await import('node:os')).cpus().length, node: process.version, loadAverage1m: loads },
-    agent: o.cpuProf ? 'node --cpu-prof build/src/main.js' : 'bin/wolf-revdial-client',
+    agent: o.cpuProf ? 'node --cpu-prof build/src/main.js' : o.dist ? 'dist/wolf-revdial-client' : 'bin/wolf-revdial-client',
     checks,
     figures,
     seconds: (Date.now() - t0) / 1000,

@@ -39,9 +39,13 @@ mkdir -p "$work"
 #    `import.meta` is empty in a CommonJS bundle: anything that resolves files
 #    relative to import.meta.url would break at run time, so make it a build error.
 #    Optional native add-ons of ws (bufferutil, utf-8-validate) are required inside
-#    try/catch; esbuild leaves those calls alone and ws falls back to plain JS.
+#    try/catch. A .node add-on cannot be loaded from inside the SEA blob, so they
+#    stay external: the require fails at run time and ws falls back to plain JS
+#    (the packaged binary masks frames in JS; bin/ uses bufferutil's native mask).
 node_modules/.bin/esbuild "$entry" \
   --bundle \
+  --external:bufferutil \
+  --external:utf-8-validate \
   --platform=node \
   --format=cjs \
   --target=node24 \
