@@ -20,7 +20,6 @@ import { describeTarget } from './local-dialer.js';
 import { AgentMetrics } from './metrics.js';
 import { OpsServer, type Readiness, formatListenAddress } from './ops-server.js';
 import { EgressProxy } from './proxy.js';
-import { RegistryClient } from './registry-client.js';
 import { Agent } from './supervisor.js';
 
 export const EXIT_OK = 0;
@@ -138,12 +137,13 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     }
   }
 
+  // Loaded only with --register: the registry client and undici cost ~10 MiB of RSS.
   const registry = config.register
-    ? new RegistryClient({
+    ? new (await import('./registry-client.js')).RegistryClient({
         apiUrl: config.apiUrl,
         token: config.token,
         userAgent: `${PROGRAM}/${VERSION}`,
-        dispatcher: proxy.dispatcherFor(config.apiUrl, {
+        dispatcher: await proxy.dispatcherFor(config.apiUrl, {
           ca: config.ca,
           rejectUnauthorized: !config.insecureSkipTlsVerify,
         }),

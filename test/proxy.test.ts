@@ -110,7 +110,7 @@ test('control, data and registry connections all go through the CONNECT proxy; i
   }
   assert.equal(proxy.connects(target), 4, 'one CONNECT per data connection');
 
-  const dispatcher = egress.dispatcherFor(new URL(plane.url), { rejectUnauthorized: true });
+  const dispatcher = await egress.dispatcherFor(new URL(plane.url), { rejectUnauthorized: true });
   const results = new Results();
   const client = new RegistryClient({
     apiUrl: new URL(plane.url),
