@@ -87,6 +87,16 @@ export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket
         settle(err);
         return;
       }
+      if (isCertificateError(err)) {
+        settle(
+          new RevdialError(
+            ErrorCodes.TLS_UNTRUSTED,
+            `control plane at ${where} presented a certificate this agent does not trust (${err.code}: ${err.message}): for a private CA set --ca-file / REVDIAL_CA_FILE; check the host name in HELIX_API_URL`,
+            { cause: err },
+          ),
+        );
+        return;
+      }
       settle(
         new RevdialError(
           ErrorCodes.CONNECT_FAILED,
@@ -117,6 +127,12 @@ export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket
     ws.once('unexpected-response', onUnexpectedResponse);
     signal?.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+/** Certificate verification failures from Node's TLS layer (OpenSSL's codes and Node's ERR_TLS_*). */
+function isCertificateError(err: { code?: string }): boolean {
+  const code = err.code ?? '';
+  return /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER/.test(code) || code.startsWith('ERR_TLS_CERT');
 }
 
 function rejection(where: string, url: URL, status: number, body: string): HandshakeRejectedError {

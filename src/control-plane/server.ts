@@ -9,6 +9,7 @@
  */
 import { EventEmitter } from 'node:events';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Duplex, Readable } from 'node:stream';
 import { WebSocketServer } from 'ws';
@@ -26,6 +27,8 @@ export interface ControlPlaneOptions {
   /** How long `dial` waits for a runner that is not connected (reconnect grace). */
   graceMs?: number;
   legacyConnPath?: boolean;
+  /** Serve https/wss with this key and certificate (PEM). */
+  tls?: { key: Buffer | string; cert: Buffer | string };
   clock?: Clock;
 }
 
@@ -46,7 +49,8 @@ export interface TunnelRequest {
 export class ControlPlane extends EventEmitter {
   readonly server: http.Server;
   readonly #wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 16 * 1024 * 1024 });
-  readonly #options: Required<ControlPlaneOptions>;
+  readonly #options: Required<Omit<ControlPlaneOptions, 'tls'>>;
+  readonly #scheme: 'http' | 'https';
   readonly #byRunner = new Map<string, Dialer>();
   readonly #byId = new Map<string, Dialer>();
   readonly #routes: { method: string; prefix: string; handler: RouteHandler }[] = [];
@@ -65,7 +69,8 @@ export class ControlPlane extends EventEmitter {
       ...options,
     };
     this.#revdialPath = `${this.#options.basePath.replace(/\/+$/, '')}/api/v1/revdial`;
-    this.server = http.createServer(this.#onRequest);
+    this.#scheme = options.tls ? 'https' : 'http';
+    this.server = options.tls ? https.createServer(options.tls, this.#onRequest) : http.createServer(this.#onRequest);
     this.server.on('upgrade', this.#onUpgrade);
   }
 
@@ -85,11 +90,11 @@ export class ControlPlane extends EventEmitter {
     return this.server.address() as AddressInfo;
   }
 
-  /** `http://host:port[/base]`: what an agent's HELIX_API_URL should be. */
+  /** `http(s)://host:port[/base]`: what an agent's HELIX_API_URL should be. */
   get url(): string {
     const a = this.server.address() as AddressInfo;
     const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
-    return `http://${host}:${a.port}${this.#options.basePath}`;
+    return `${this.#scheme}://${host}:${a.port}${this.#options.basePath}`;
   }
 
   /** Stops listening and drops every connection. */
