@@ -20,6 +20,7 @@ import type { RegistryResult } from '../src/metrics.js';
 import { EgressProxy, bypassesProxy, proxyConfigFromEnv, safeProxy } from '../src/proxy.js';
 import { RegistryClient } from '../src/registry-client.js';
 import { TOKEN, readBody, startAgent, startPlane, startWolf } from './helpers/harness.js';
+import { makeCerts } from './helpers/certs.js';
 import { ObserverEvents, freePort, waitForPort } from './helpers/ops.js';
 
 const TINYPROXY = ['/usr/bin/tinyproxy', '/usr/sbin/tinyproxy'].find((p) => spawnSync(p, ['-v']).status === 0);
@@ -206,4 +207,29 @@ test('proxy choice: --proxy for every scheme, else HTTPS_PROXY / HTTP_PROXY by s
   assert.equal(bypassesProxy(new URL('http://notexample.com/'), 'example.com'), false);
   assert.throws(() => proxyConfigFromEnv(undefined, { HTTPS_PROXY: 'socks5://x:1080' }), { code: ErrorCodes.CONFIG_INVALID });
   assert.equal(new EgressProxy(proxyConfigFromEnv(undefined, {})).proxyFor(new URL('wss://api.example.com/')), undefined);
+});
+
+test('wss through the CONNECT proxy: TLS to the control plane inside the tunnel, certificate still verified', { skip: SKIP }, async (t) => {
+  const certs = makeCerts();
+  t.after(() => certs.cleanup());
+  const proxy = await startTinyproxy(t);
+  const plane = await startPlane(t, { tls: { key: certs.key, cert: certs.cert } });
+  const { local } = await startWolf(t);
+  const target = `127.0.0.1:${(plane.server.address() as AddressInfo).port}`;
+  const egress = new EgressProxy({ explicit: new URL(`http://${USER}:${PASSWORD}@127.0.0.1:${proxy.port}`), noProxy: '' });
+  t.after(() => egress.destroy());
+  const { runnerId } = startAgent(t, plane, local, {
+    transport: {
+      token: () => TOKEN,
+      userAgent: 'wolf-revdial-client/test',
+      rejectUnauthorized: true,
+      ca: certs.caCert,
+      agentFor: (url) => egress.agentFor(url),
+    },
+  });
+  await plane.waitForRunner(runnerId, 10_000);
+  const res = await plane.request(runnerId, { path: '/api/v1/system/health' });
+  assert.equal(res.statusCode, 200);
+  await readBody(res);
+  assert.equal(proxy.connects(target), 2, 'control and data connection each tunnelled with CONNECT');
 });
