@@ -37,6 +37,18 @@ export function rssMiB(pid: number): number {
   return Number(m[1]) / 1024;
 }
 
+/**
+ * The anonymous (private) part of the RSS in MiB: heap, stacks, buffers. The
+ * rest is file-backed: pages of the Node binary (code, built-in sources),
+ * shared with every other Node process and reclaimable by the kernel.
+ */
+export function rssAnonMiB(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /^RssAnon:\s+(\d+) kB$/m.exec(status);
+  if (!m?.[1]) throw new Error(`no RssAnon for pid ${pid}`);
+  return Number(m[1]) / 1024;
+}
+
 /** 1-minute load average of the machine, to report how busy it was. */
 export function loadAverage(): number {
   return Number(readFileSync('/proc/loadavg', 'utf8').split(' ')[0]);

@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IpcClient } from './ipc.js';
-import { cpuSeconds, cpuSplit, loadAverage, median, rssMiB, spread } from './proc.js';
+import { cpuSeconds, cpuSplit, loadAverage, median, rssAnonMiB, rssMiB, spread } from './proc.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const NODE = process.execPath;
@@ -294,12 +294,23 @@ async function main(): Promise<void> {
   // -- RSS idle (after a moment of rest), beside a bare Node process doing nothing.
   await new Promise((r) => setTimeout(r, 1000));
   const rssIdle = rssMiB(agent.pid);
+  const rssIdleAnon = rssAnonMiB(agent.pid);
   const bare = spawn(NODE, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
   started.push(bare);
   await new Promise((r) => setTimeout(r, 500));
   const bareRss = rssMiB(bare.pid as number);
+  const bareRssAnon = rssAnonMiB(bare.pid as number);
   bare.kill('SIGKILL');
   figure({ section: 'memory', name: 'RSS idle', unit: 'MiB', runs: [rssIdle], directRuns: [bareRss], directLabel: 'bare node', target: 64 });
+  figure({
+    section: 'memory',
+    name: 'RSS idle, anonymous part',
+    unit: 'MiB',
+    runs: [rssIdleAnon],
+    directRuns: [bareRssAnon],
+    directLabel: 'bare node',
+    note: 'the rest of the RSS is file-backed pages of the Node binary, shared and reclaimable',
+  });
 
   // -- 4. Before any load, so the figure is what the idle tunnels cost, not what the load left behind.
   say(`opening ${o.idleTunnels} idle tunnels`);
@@ -343,9 +354,11 @@ async function main(): Promise<void> {
       // Interleaved, so drift on a shared machine hits every path alike.
       for (const [target, url] of [['wolf', wolfUrl], ['proxy', directFront], ['tunnel', tunnelFront]] as const) {
         const a0 = cpuSeconds(agent.pid);
+        const s0 = cpuSplit(agent.pid);
         const w0 = cpuSeconds(wolfPid);
         const r = await wrk(script, `${url}${path}`, c, o.durationS);
         const agentCpu = cpuSeconds(agent.pid) - a0;
+        const s1 = cpuSplit(agent.pid);
         const wolfCpu = cpuSeconds(wolfPid) - w0;
         if (r.errors > 0 || r.non2xx > 0) throw new Error(`${target} c=${c}: ${r.errors} socket errors, ${r.non2xx} non-2xx of ${r.requests}`);
         const slot = rate[target]?.[c];
@@ -355,7 +368,7 @@ async function main(): Promise<void> {
         slot.p99.push(r.p99Us / 1000);
         slot.agentCpuPerReq.push((agentCpu / r.requests) * 1e6);
         slot.wolfCpuPerReq.push((wolfCpu / r.requests) * 1e6);
-        say(`run ${run + 1}/${o.runs} c=${c} ${target}: ${(r.requests / (r.durationUs / 1e6)).toFixed(0)} req/s, p50 ${(r.p50Us / 1000).toFixed(2)} ms, p99 ${(r.p99Us / 1000).toFixed(2)} ms${target === 'tunnel' ? `, agent ${((agentCpu / r.requests) * 1e6).toFixed(0)} µs CPU/tunnel` : ''}`);
+        say(`run ${run + 1}/${o.runs} c=${c} ${target}: ${(r.requests / (r.durationUs / 1e6)).toFixed(0)} req/s, p50 ${(r.p50Us / 1000).toFixed(2)} ms, p99 ${(r.p99Us / 1000).toFixed(2)} ms${target === 'tunnel' ? `, agent ${((agentCpu / r.requests) * 1e6).toFixed(0)} µs CPU/tunnel (user ${(((s1.user - s0.user) / r.requests) * 1e6).toFixed(0)}, sys ${(((s1.sys - s0.sys) / r.requests) * 1e6).toFixed(0)})` : ''}`);
       }
     }
   }
