@@ -70,6 +70,8 @@ export class Bridge {
     // The data connection is handed over paused (ws-dial `pauseOnOpen`) so that
     // nothing the control plane sent before the bridge existed is lost.
     if (ws.isPaused && !this.#wsClosed) ws.resume();
+    // So is a local socket that reads into a shared buffer (local-dialer `sharedReadBuffer`).
+    if (local.isPaused() && !this.#localClosed) local.resume();
   }
 
   get bytesToLocal(): number {
@@ -114,6 +116,9 @@ export class Bridge {
     if (this.#ws.readyState !== WebSocket.OPEN) return;
     this.#bytesFromLocal += chunk.length;
     this.#options.onBytes?.('from_local', chunk.length);
+    // `chunk` may be a view into a read buffer shared by all tunnels: ws.send
+    // copies it into the masked frame before it returns (ws-dial's mask is
+    // never all zeros, and nothing puts ws's sender in a queuing state).
     this.#ws.send(chunk, { binary: true }, this.#wsOnSent);
     if (this.#ws.bufferedAmount >= this.#highWaterMark) this.#local.pause();
   };

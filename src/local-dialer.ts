@@ -55,6 +55,16 @@ export interface LocalDialOptions {
   timeoutMs: number;
   clock?: Clock;
   signal?: AbortSignal;
+  /**
+   * Read into this buffer (shared by every socket that gets it) instead of a
+   * fresh 64 KiB allocation per read: the bulk download path then allocates
+   * once per chunk instead of twice. Each 'data' chunk is a view into the
+   * buffer, valid only until the listener returns (the bridge hands it to
+   * ws.send, which copies it into the masked frame before returning). The
+   * socket is handed over paused, so nothing is read before a listener is
+   * attached: call `resume()` once listening.
+   */
+  sharedReadBuffer?: Buffer;
 }
 
 /** Connects to the local target; rejects with a coded error after `timeoutMs`. */
@@ -66,10 +76,21 @@ export function dialLocal(target: LocalTarget, options: LocalDialOptions): Promi
       reject(signal.reason);
       return;
     }
+    const shared = options.sharedReadBuffer;
+    const onread: net.OnReadOpts | undefined = shared
+      ? {
+          buffer: shared,
+          callback: (n) => {
+            socket.emit('data', shared.subarray(0, n));
+            return true; // pause()/resume() still work: net stops and starts reading
+          },
+        }
+      : undefined;
     const socket =
       target.kind === 'unix'
-        ? net.connect({ path: target.path })
-        : net.connect({ host: target.host, port: target.port, noDelay: true });
+        ? net.connect({ path: target.path, ...(onread ? { onread } : {}) })
+        : net.connect({ host: target.host, port: target.port, noDelay: true, ...(onread ? { onread } : {}) });
+    if (shared) socket.pause();
 
     const settle = (err: unknown): void => {
       clock.clearTimeout(timer);

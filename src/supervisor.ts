@@ -86,6 +86,8 @@ export class Agent {
   #drained: (() => void) | undefined;
   #disconnectedSince: number;
   #tunnelSeq = 0;
+  /** What every local socket reads into: one 64 KiB buffer, not one per read (see dialLocal). */
+  readonly #readBuffer = Buffer.allocUnsafe(64 * 1024);
   #lastLimitWarning = -Infinity;
   #refusedSinceWarning = 0;
 
@@ -346,7 +348,12 @@ export class Agent {
               pauseOnOpen: true,
             }),
           dialLocal: (signal) =>
-            dialLocal(this.#o.local, { timeoutMs: this.#o.localDialTimeoutMs, clock: this.#clock, signal }),
+            dialLocal(this.#o.local, {
+              timeoutMs: this.#o.localDialTimeoutMs,
+              clock: this.#clock,
+              signal,
+              sharedReadBuffer: this.#readBuffer,
+            }),
         },
         options,
         handle.cancel.signal,

@@ -3,6 +3,7 @@
  * and turns every way it can fail into a coded error an operator can act on.
  */
 import type { Agent as HttpAgent, ClientRequest, IncomingMessage } from 'node:http';
+import { randomFillSync } from 'node:crypto';
 import WebSocket from 'ws';
 import { type Clock, systemClock } from './clock.js';
 import { safeOrigin } from './endpoints.js';
@@ -36,6 +37,28 @@ export interface DialOptions {
 
 const BODY_PREVIEW_BYTES = 256;
 
+const MASK_POOL_BYTES = 8192;
+const maskPool = Buffer.allocUnsafe(MASK_POOL_BYTES);
+let maskOffset = MASK_POOL_BYTES;
+
+/**
+ * ws's own masking keys, drawn from a pool of random bytes the same way,
+ * except that an all-zero key is drawn again: ws sends a frame with a zero
+ * key unmasked by reference instead of copying it into the frame (sender.js
+ * `frame()`), and the bridge relies on that copy (local-dialer
+ * `sharedReadBuffer`). One key in 2^32 is skipped: the keys stay unpredictable.
+ */
+function generateMask(mask: Buffer): void {
+  do {
+    if (maskOffset === MASK_POOL_BYTES) {
+      randomFillSync(maskPool);
+      maskOffset = 0;
+    }
+    maskPool.copy(mask, 0, maskOffset, maskOffset + 4);
+    maskOffset += 4;
+  } while (mask.readUInt32BE(0) === 0);
+}
+
 export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket> {
   const clock = options.clock ?? systemClock;
   const { signal, transport } = options;
@@ -50,7 +73,9 @@ export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket
         Authorization: `Bearer ${transport.token()}`,
         'User-Agent': transport.userAgent,
       },
+      // No compression: ws's sender then frames every message synchronously.
       perMessageDeflate: false,
+      generateMask,
       // A redirect could carry the Authorization header to another origin.
       followRedirects: false,
       maxPayload: options.maxPayload,
