@@ -429,7 +429,11 @@ async function main(): Promise<void> {
   }
 
   const rssAfterLoad = rssMiB(agent.pid);
-  figure({ section: 'memory', name: 'RSS idle after the load', unit: 'MiB', runs: [rssAfterLoad] });
+  figure({ section: 'memory', name: 'RSS right after the load', unit: 'MiB', runs: [rssAfterLoad] });
+  // Like the idle figure, after a rest: the last transfer's buffers are garbage until the next GC.
+  await new Promise((r) => setTimeout(r, 2000));
+  figure({ section: 'memory', name: 'RSS idle 2 s after the load', unit: 'MiB', runs: [rssMiB(agent.pid)] });
+  figure({ section: 'memory', name: 'RSS idle 2 s after the load, anonymous part', unit: 'MiB', runs: [rssAnonMiB(agent.pid)] });
 
 
   // -- 5. start to connected, beside a bare `node -e 0` start to exit.
