@@ -112,6 +112,11 @@ export class FaultRelay extends EventEmitter {
 
   async close(): Promise<void> {
     this.cutAll();
+    // Also the surviving end of a blackholed pair whose other end gave up.
+    for (const c of this.connections) {
+      c.client.destroy();
+      c.upstream.destroy();
+    }
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 
@@ -131,19 +136,25 @@ export class FaultRelay extends EventEmitter {
     };
     this.connections.push(conn);
     let head = '';
-    const onClose = (): void => {
+    const onClose = (side: net.Socket): void => {
       if (!conn.closed) {
         conn.closed = true;
       }
-      client.destroy();
-      upstream.destroy();
+      // A blackholed path carries no FIN or RST either: when one end gives up,
+      // the other is left open, as behind a dead router (close() reaps it).
+      if (conn.blackholed) {
+        side.destroy();
+      } else {
+        client.destroy();
+        upstream.destroy();
+      }
       this.emit('close', conn);
     };
     // Errors end the pair; a relay never crashes the test process.
-    client.on('error', onClose);
-    upstream.on('error', onClose);
-    client.once('close', onClose);
-    upstream.once('close', onClose);
+    client.on('error', () => onClose(client));
+    upstream.on('error', () => onClose(upstream));
+    client.once('close', () => onClose(client));
+    upstream.once('close', () => onClose(upstream));
     this.#forward(conn, client, upstream, 'up', (chunk) => {
       if (conn.requestLine !== undefined) return;
       head += chunk.subarray(0, 2048).toString('latin1');
