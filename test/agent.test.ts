@@ -282,3 +282,27 @@ test('shutdown drains: open tunnels finish, the rest are cut after the grace per
   assert.ok(logs.find((l) => l.msg === 'Grace period over; closing the tunnels still open'));
   assert.equal(plane.dialer(runnerId), undefined, 'control connection closed');
 });
+
+test('a slow reader on the control plane side holds Wolf back: the agent stops reading, bytes stay exact', async (t) => {
+  const plane = await startPlane(t);
+  const { local } = await startWolf(t);
+  let fromLocal = 0;
+  const { runnerId } = startAgent(t, plane, local, {
+    observer: { bytes: (direction, n) => { if (direction === 'from_local') fromLocal += n; } },
+  });
+  await nextDialer(plane, runnerId);
+  const size = 64 * 1024 * 1024;
+  const res = await plane.request(runnerId, { path: `/bytes?size=${size}&seed=slow` });
+  // The plane reads nothing for a while: what the agent takes from Wolf must stop
+  // at its buffers (1 MiB high-water mark plus socket buffers), far short of 64 MiB.
+  res.pause();
+  let last = -1;
+  while (fromLocal !== last) {
+    last = fromLocal;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  assert.ok(fromLocal < 24 * 1024 * 1024, `agent read ${fromLocal} bytes from Wolf while nobody read them`);
+  res.resume();
+  assert.deepEqual(await sha256Of(res), { bytes: size, sha256: expectedDigest(size, 'slow') });
+  assert.ok(fromLocal > size, 'the body and the response head went through');
+});
