@@ -60,7 +60,15 @@ test(`restart storm: ${RESTARTS} control-plane kills, each served again within 2
   assert.equal(first.status, 200);
   // Settle: one more request so lazily created things (DNS cache, pools) exist before the baseline.
   assert.equal((await plane.fetch(runnerId, '/api/v1/system/health')).status, 200);
-  const baseline = await agent.probe();
+  // The baseline is the agent at rest: only the control connection open. Right
+  // after a response, its tunnel may still be closing (socket and backstop timer).
+  let baseline = await agent.probe();
+  const settleBy = Date.now() + 10_000;
+  while (baseline.resources.TCPSocketWrap !== 1 && Date.now() < settleBy) {
+    await delay(100);
+    baseline = await agent.probe();
+  }
+  assert.equal(baseline.resources.TCPSocketWrap, 1, 'at rest the agent holds only its control connection');
   t.diagnostic(`baseline: ${JSON.stringify(baseline)}`);
 
   const servedMs: number[] = [];
