@@ -51,6 +51,9 @@ function badLocal(text: string, why: string): RevdialError {
   return new RevdialError(ErrorCodes.CONFIG_INVALID, `invalid local Wolf address "${text}": ${why}`);
 }
 
+/** Errors after the hand-over are the bridge's to handle. */
+function ignoreError(): void {}
+
 export interface LocalDialOptions {
   timeoutMs: number;
   clock?: Clock;
@@ -98,6 +101,9 @@ export function dialLocal(target: LocalTarget, options: LocalDialOptions): Promi
       socket.removeListener('connect', onConnect);
       socket.removeListener('error', onError);
       if (err === undefined) {
+        // As for the data WebSocket: never hand out a socket without an 'error'
+        // listener, or a reset while the pick-up waits would crash the process.
+        socket.on('error', ignoreError);
         resolve(socket);
       } else {
         socket.destroy();

@@ -91,7 +91,11 @@ export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket
       ws.removeListener('open', onOpen);
       ws.removeListener('unexpected-response', onUnexpectedResponse);
       if (err === undefined) {
+        // Never hand out a socket without an 'error' listener: until its new
+        // owner attaches one (or while a pick-up waits for the other leg), an
+        // error from ws, e.g. an invalid frame parsed at close, would crash the process.
         ws.removeListener('error', onError);
+        ws.on('error', ignoreError);
         resolve(ws);
         return;
       }
@@ -153,6 +157,9 @@ export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
+
+/** Errors after the hand-over are the new owner's to handle (bridge, session). */
+function ignoreError(): void {}
 
 /** Certificate verification failures from Node's TLS layer (OpenSSL's codes and Node's ERR_TLS_*). */
 function isCertificateError(err: { code?: string }): boolean {
