@@ -130,7 +130,7 @@ export class Bridge {
   #localOnEnd = (): void => {
     this.#endedBy ??= 'local';
     // Frames already queued go out before the close frame.
-    if (this.#ws.readyState === WebSocket.OPEN) this.#ws.close(1000);
+    this.#closeWebSocket(1000);
     this.#armBackstop();
   };
 
@@ -139,7 +139,7 @@ export class Bridge {
     this.#error ??= new RevdialError(ErrorCodes.TUNNEL_ABORTED, `local Wolf connection failed: ${describe(err)}`, {
       cause: err,
     });
-    if (this.#ws.readyState === WebSocket.OPEN) this.#ws.close(1011, 'local connection failed');
+    this.#closeWebSocket(1011, 'local connection failed');
     this.#armBackstop();
   };
 
@@ -147,11 +147,22 @@ export class Bridge {
     this.#localClosed = true;
     if (this.#ws.readyState === WebSocket.OPEN) {
       this.#endedBy ??= 'local';
-      this.#ws.close(1000);
+      this.#closeWebSocket(1000);
     }
     this.#armBackstop();
     this.#maybeFinish();
   };
+
+  /**
+   * Closes the data connection politely. Reading resumes first: if Wolf had
+   * stopped reading, the WebSocket is paused and would never see the peer's
+   * close frame, holding the tunnel until the backstop.
+   */
+  #closeWebSocket(code: number, reason?: string): void {
+    if (this.#ws.readyState !== WebSocket.OPEN) return;
+    if (this.#ws.isPaused) this.#ws.resume();
+    this.#ws.close(code, reason);
+  }
 
   #wsOnError = (err: Error): void => {
     this.#endedBy ??= 'error';

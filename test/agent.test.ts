@@ -306,3 +306,45 @@ test('a slow reader on the control plane side holds Wolf back: the agent stops r
   assert.deepEqual(await sha256Of(res), { bytes: size, sha256: expectedDigest(size, 'slow') });
   assert.ok(fromLocal > size, 'the body and the response head went through');
 });
+
+test('Wolf that stopped reading and then closes: the tunnel ends at once, not at the backstop', async (t) => {
+  const plane = await startPlane(t);
+  // A Wolf that accepts, never reads, and closes when told.
+  const sockets: net.Socket[] = [];
+  const wolf = net.createServer((s) => {
+    s.pause();
+    sockets.push(s);
+  });
+  await new Promise<void>((r) => wolf.listen(0, '127.0.0.1', r));
+  t.after(() => new Promise<void>((r) => wolf.close(() => r())));
+  let toLocal = 0;
+  let endedAt = 0;
+  const { runnerId } = startAgent(t, plane, `127.0.0.1:${(wolf.address() as net.AddressInfo).port}`, {
+    closeBackstopMs: 20_000,
+    observer: {
+      bytes: (direction, n) => {
+        if (direction === 'to_local') toLocal += n;
+      },
+      tunnelEnded: () => {
+        endedAt = performance.now();
+      },
+    },
+  });
+  await nextDialer(plane, runnerId);
+  const stream = await plane.dial(runnerId);
+  stream.on('error', () => undefined);
+  const slice = Buffer.alloc(32 * 1024, 0x61);
+  for (let i = 0; i < 1024; i++) stream.write(slice); // 32 MiB offered
+  // Wait until the agent has stopped taking bytes: Wolf's buffers are full and the bridge has paused.
+  let last = -1;
+  while (toLocal !== last) {
+    last = toLocal;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  assert.ok(toLocal < 32 * 1024 * 1024, 'backpressure held the rest back');
+  const closedAt = performance.now();
+  for (const s of sockets) s.destroy();
+  while (endedAt === 0) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(endedAt - closedAt < 3_000, `tunnel ended ${(endedAt - closedAt).toFixed(0)} ms after Wolf closed`);
+  stream.destroy();
+});
