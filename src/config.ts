@@ -106,6 +106,9 @@ function apiUrlArg(value: string): URL {
     throw new InvalidArgumentError('credentials in the URL are not allowed; pass the token with RUNNER_TOKEN or RUNNER_TOKEN_FILE');
   }
   if (url.search || url.hash) throw new InvalidArgumentError('give the base URL only, without query or fragment');
+  // "https://api.example.com//evil.example/" (or "/\\evil...") would make the
+  // control URL's path read as another host: the token must go nowhere else.
+  if (url.pathname.startsWith('//')) throw new InvalidArgumentError('the base path must not start with "//"');
   return url;
 }
 

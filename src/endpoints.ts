@@ -17,7 +17,12 @@ export function webSocketBase(apiUrl: URL): { origin: string; basePath: string }
 /** `GET {ws|wss}://HOST[/base]/api/v1/revdial?runnerid=RUNNER_ID` */
 export function controlUrl(apiUrl: URL, runnerId: string): URL {
   const { origin, basePath } = webSocketBase(apiUrl);
-  return new URL(`${basePath}${CONTROL_PATH}?runnerid=${encodeURIComponent(runnerId)}`, origin);
+  const url = new URL(`${basePath}${CONTROL_PATH}?runnerid=${encodeURIComponent(runnerId)}`, origin);
+  // Belt and braces for config.ts: the token only ever goes to the configured origin.
+  if (url.origin !== origin) {
+    throw new RevdialError(ErrorCodes.CONFIG_INVALID, `the API URL's base path ${JSON.stringify(basePath)} would leave ${origin}`);
+  }
+  return url;
 }
 
 /**

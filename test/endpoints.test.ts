@@ -51,3 +51,9 @@ test('loopback hosts', () => {
   for (const h of ['localhost', '127.0.0.1', '127.1.2.3', '[::1]', 'a.localhost']) assert.equal(isLoopbackHost(h), true, h);
   for (const h of ['api.example.com', '10.0.0.1', '128.0.0.1', 'localhost.example.com']) assert.equal(isLoopbackHost(h), false, h);
 });
+
+test('a base path that would move the control URL to another host is refused', () => {
+  for (const api of ['https://api.example.com//evil.example/', 'https://api.example.com/\\evil.example/']) {
+    assert.throws(() => controlUrl(new URL(api), 'wolf-x'), { code: ErrorCodes.CONFIG_INVALID }, api);
+  }
+});
