@@ -77,6 +77,8 @@ export class AgentMetrics implements AgentObserver, RegistryObserver {
   readonly #tunnelsActive: client.Gauge;
   readonly #tunnels: client.Counter<'result'>;
   readonly #bytes: client.Counter<'direction'>;
+  /** One child per direction, bound once: `bytes` runs for every chunk. */
+  readonly #bytesBy = new Map<Direction, client.Counter.Internal>();
   readonly #setup: client.Histogram;
   readonly #localDial: client.Histogram;
   readonly #heartbeats: client.Counter<'result'>;
@@ -161,7 +163,11 @@ export class AgentMetrics implements AgentObserver, RegistryObserver {
     for (const reason of labelsOf(DISCONNECT_REASONS)) this.#disconnects.inc({ reason }, 0);
     for (const reason of labelsOf(ATTEMPT_REASONS)) this.#attemptFailures.inc({ reason }, 0);
     for (const result of Object.keys(TUNNEL_RESULTS)) this.#tunnels.inc({ result }, 0);
-    for (const direction of DIRECTIONS) this.#bytes.inc({ direction }, 0);
+    for (const direction of DIRECTIONS) {
+      const child = this.#bytes.labels({ direction });
+      child.inc(0);
+      this.#bytesBy.set(direction, child);
+    }
     for (const result of REGISTRY_RESULTS) {
       this.#heartbeats.inc({ result }, 0);
       this.#registrations.inc({ result }, 0);
@@ -203,7 +209,7 @@ export class AgentMetrics implements AgentObserver, RegistryObserver {
   }
 
   bytes(direction: Direction, count: number): void {
-    this.#bytes.inc({ direction }, count);
+    this.#bytesBy.get(direction)?.inc(count);
   }
 
   registration(result: RegistryResult): void {

@@ -84,6 +84,7 @@ export class Agent {
   #running: Promise<void> | undefined;
   #draining = false;
   #drained: (() => void) | undefined;
+  #shutdown: Promise<{ cut: number }> | undefined;
   #disconnectedSince: number;
   #tunnelSeq = 0;
   /** What every local socket reads into: one 64 KiB buffer, not one per read (see dialLocal). */
@@ -140,13 +141,17 @@ export class Agent {
    * `graceMs` for open tunnels, then cuts what is left. Resolves with how
    * many tunnels had to be cut.
    */
-  async shutdown(graceMs: number): Promise<{ cut: number }> {
-    if (!this.#draining) {
-      this.#draining = true;
-      const reason = new RevdialError(ErrorCodes.SHUTTING_DOWN, 'agent is shutting down');
-      this.#stop.abort(reason);
-      this.#session?.close(reason);
-    }
+  shutdown(graceMs: number): Promise<{ cut: number }> {
+    // Once: a second call (a second signal, a test's cleanup) gets the same drain.
+    this.#shutdown ??= this.#drain(graceMs);
+    return this.#shutdown;
+  }
+
+  async #drain(graceMs: number): Promise<{ cut: number }> {
+    this.#draining = true;
+    const reason = new RevdialError(ErrorCodes.SHUTTING_DOWN, 'agent is shutting down');
+    this.#stop.abort(reason);
+    this.#session?.close(reason);
     let cut = 0;
     if (this.#tunnels.size > 0) {
       this.#log.info({ tunnels: this.#tunnels.size, graceMs }, 'Draining open tunnels');
