@@ -16,7 +16,7 @@ import { controlUrl, dataUrl, safeOrigin } from './endpoints.js';
 import { ErrorCodes, RevdialError, codeOf, describe } from './errors.js';
 import { DEFAULT_MAX_LINE_BYTES } from './framing.js';
 import { type LocalTarget, describeTarget, dialLocal } from './local-dialer.js';
-import { PickupError, type PickupTiming, type TunnelOutcome, pickUp, pickupReason, startBridge } from './tunnel.js';
+import { PickupError, type PickupTiming, type TunnelOptions, type TunnelOutcome, pickUp, pickupReason, startBridge } from './tunnel.js';
 import { type ControlPlaneTransport, dialWebSocket } from './ws-dial.js';
 
 /** Every value `tunnelEnded` reports: a small fixed set, fit for a metric label. */
@@ -84,6 +84,8 @@ export class Agent {
   #running: Promise<void> | undefined;
   #draining = false;
   #drained: (() => void) | undefined;
+  /** The same for every tunnel, so built once. */
+  readonly #tunnelOptions: TunnelOptions;
   #shutdown: Promise<{ cut: number }> | undefined;
   #disconnectedSince: number;
   #tunnelSeq = 0;
@@ -110,6 +112,13 @@ export class Agent {
     this.#log = options.log;
     this.#clock = this.#o.clock;
     this.#controlUrl = controlUrl(options.apiUrl, options.runnerId);
+    const observer = this.#o.observer;
+    this.#tunnelOptions = {
+      pickupTimeoutMs: this.#o.pickupTimeoutMs,
+      closeBackstopMs: this.#o.closeBackstopMs,
+      clock: this.#clock,
+      ...(observer.bytes ? { onBytes: observer.bytes.bind(observer) } : {}),
+    };
     this.#disconnectedSince = this.#clock.now();
   }
 
@@ -332,12 +341,7 @@ export class Agent {
     const log = this.#log.child({ tunnel: ++this.#tunnelSeq });
     const observer = this.#o.observer;
     observer.tunnelStarted?.();
-    const options = {
-      pickupTimeoutMs: this.#o.pickupTimeoutMs,
-      closeBackstopMs: this.#o.closeBackstopMs,
-      clock: this.#clock,
-      ...(observer.bytes ? { onBytes: observer.bytes.bind(observer) } : {}),
-    };
+    const options = this.#tunnelOptions;
     let result: TunnelResult;
     try {
       log.debug({ path: url.pathname }, 'conn-ready: picking up');
