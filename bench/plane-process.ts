@@ -14,13 +14,12 @@
  *
  * Environment: BENCH_TOKEN (the runner token), BENCH_RUNNER_ID, BENCH_WOLF (host:port).
  */
-import { createHash } from 'node:crypto';
 import http, { type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { ControlPlane } from '../src/control-plane/server.js';
-import { expectedDigest, patternBlock } from '../src/stand-in-wolf.js';
+import { digestOf, expectedDigest, patternBlock } from '../src/stand-in-wolf.js';
 import { serve } from './ipc.js';
 
 const token = process.env.BENCH_TOKEN ?? '';
@@ -129,14 +128,12 @@ function responseOf(req: http.ClientRequest): Promise<IncomingMessage> {
   });
 }
 
-async function hashOf(res: IncomingMessage): Promise<{ bytes: number; sha256: string }> {
-  const hash = createHash('sha256');
-  let bytes = 0;
-  for await (const c of res) {
-    hash.update(c as Buffer);
-    bytes += (c as Buffer).length;
-  }
-  return { bytes, sha256: hash.digest('hex') };
+/** One GET: straight to the stand-in Wolf, or through a fresh tunnel. */
+async function get(path: string, direct: boolean): Promise<IncomingMessage> {
+  if (!direct) return plane.request(runnerId, { path });
+  const req = directRequest('GET', path);
+  req.end();
+  return responseOf(req);
 }
 
 const digests = new Map<string, string>();
@@ -167,16 +164,9 @@ async function bulk(args: Record<string, unknown>): Promise<BulkResult> {
   let got: { bytes: number; sha256: string };
   if (args.direction === 'down') {
     const path = `/bytes?size=${size}&seed=${encodeURIComponent(seed)}`;
-    let res: IncomingMessage;
-    if (direct) {
-      const req = directRequest('GET', path);
-      req.end();
-      res = await responseOf(req);
-    } else {
-      res = await plane.request(runnerId, { path });
-    }
+    const res = await get(path, direct);
     if (res.statusCode !== 200) throw new Error(`download: HTTP ${res.statusCode}`);
-    got = await hashOf(res);
+    got = await digestOf(res);
   } else {
     const headers = { 'content-type': 'application/octet-stream', 'content-length': String(size) };
     let res: IncomingMessage;
@@ -208,14 +198,7 @@ async function openIdle(args: Record<string, unknown>): Promise<number> {
   const worker = async (): Promise<void> => {
     while (next < count) {
       next++;
-      let res: IncomingMessage;
-      if (direct) {
-        const req = directRequest('GET', path);
-        req.end();
-        res = await responseOf(req);
-      } else {
-        res = await plane.request(runnerId, { path });
-      }
+      const res = await get(path, direct);
       if (res.statusCode !== 200) throw new Error(`event stream: HTTP ${res.statusCode}`);
       res.resume();
       idle.push(res);
