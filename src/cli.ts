@@ -90,7 +90,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   );
   startupWarnings(config, log);
 
-  const proxy = new EgressProxy(config.proxy);
+  const proxy = await EgressProxy.create(config.proxy);
   const route = proxy.describeRoute(controlUrl(config.apiUrl, config.runnerId));
   if (route !== 'direct') log.info({ egress: route }, `Connecting to the control plane ${route}`);
   const metrics = new AgentMetrics();

@@ -13,9 +13,10 @@
  * libraries has none (https-proxy-agent logs its URL under DEBUG), and
  * `safeProxy` is what logs and `--check-config` show.
  */
+import assert from 'node:assert/strict';
 import type { Agent as HttpAgent, ClientRequest } from 'node:http';
 import { BlockList, type Socket, isIP } from 'node:net';
-import { HttpsProxyAgent } from 'https-proxy-agent';
+import type { HttpsProxyAgent } from 'https-proxy-agent';
 import type { Dispatcher } from 'undici';
 import { ErrorCodes, RevdialError } from './errors.js';
 
@@ -147,74 +148,94 @@ function cidrContains(cidr: string, host: string): boolean {
   return list.check(host, family === 6 ? 'ipv6' : 'ipv4');
 }
 
+type ConnectOpts = Parameters<HttpsProxyAgent<string>['connect']>[1];
+/** Builds the `http.Agent` for one proxy; `secure` says whether the target is wss/https. */
+type ConnectAgentFactory = (proxy: URL, secure: boolean) => HttpAgent;
+
 /**
  * An https-proxy-agent that turns a refused CONNECT (407, 403, 502, ...) and
  * an unreachable proxy into coded errors naming the proxy, instead of a
  * handshake "rejected by the control plane" that would send the operator to
- * the wrong place.
+ * the wrong place. The class is defined once the module is loaded (see
+ * `EgressProxy.create`), hence the factory.
  */
-type ConnectOpts = Parameters<HttpsProxyAgent<string>['connect']>[1];
+function connectAgentFactory(Base: typeof HttpsProxyAgent): ConnectAgentFactory {
+  class ConnectProxyAgent extends Base<string> {
+    readonly #secure: boolean;
+    readonly #where: string;
 
-class ConnectProxyAgent extends HttpsProxyAgent<string> {
-  readonly #secure: boolean;
-  readonly #where: string;
-
-  constructor(proxy: URL, secure: boolean) {
-    const { bare, authorization } = splitCredentials(proxy);
-    super(bare, {
-      ...(authorization ? { headers: { 'Proxy-Authorization': authorization } } : {}),
-      keepAlive: false,
-    });
-    this.#secure = secure;
-    this.#where = safeProxy(proxy);
-  }
-
-  // ws hands the agent plain request options; say which kind of target it is
-  // instead of letting agent-base guess from a stack trace.
-  override isSecureEndpoint(): boolean {
-    return this.#secure;
-  }
-
-  override async connect(req: ClientRequest, opts: ConnectOpts): Promise<Socket> {
-    let status = 200;
-    let statusText = '';
-    const onProxyConnect = (res: { statusCode: number; statusText: string }): void => {
-      status = res.statusCode;
-      statusText = res.statusText;
-    };
-    req.once('proxyConnect', onProxyConnect);
-    let socket: Socket;
-    try {
-      socket = await super.connect(req, opts);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-      throw new RevdialError(
-        ErrorCodes.PROXY_FAILED,
-        `cannot reach the egress proxy ${this.#where} (${code}): check --proxy / REVDIAL_PROXY / HTTPS_PROXY and NO_PROXY`,
-        { cause: err },
-      );
-    } finally {
-      req.removeListener('proxyConnect', onProxyConnect);
+    constructor(proxy: URL, secure: boolean) {
+      const { bare, authorization } = splitCredentials(proxy);
+      super(bare, {
+        ...(authorization ? { headers: { 'Proxy-Authorization': authorization } } : {}),
+        keepAlive: false,
+      });
+      this.#secure = secure;
+      this.#where = safeProxy(proxy);
     }
-    if (status !== 200) {
-      socket.destroy();
-      const hint = status === 407 || status === 401 ? 'check the proxy credentials in the proxy URL' : 'check that the proxy allows CONNECT to this host and port';
-      throw new RevdialError(
-        ErrorCodes.PROXY_REJECTED,
-        `egress proxy ${this.#where} refused CONNECT to ${opts.host}:${opts.port} (HTTP ${status}${statusText ? ` ${statusText}` : ''}): ${hint}`,
-      );
+
+    // ws hands the agent plain request options; say which kind of target it is
+    // instead of letting agent-base guess from a stack trace.
+    override isSecureEndpoint(): boolean {
+      return this.#secure;
     }
-    return socket;
+
+    override async connect(req: ClientRequest, opts: ConnectOpts): Promise<Socket> {
+      let status = 200;
+      let statusText = '';
+      const onProxyConnect = (res: { statusCode: number; statusText: string }): void => {
+        status = res.statusCode;
+        statusText = res.statusText;
+      };
+      req.once('proxyConnect', onProxyConnect);
+      let socket: Socket;
+      try {
+        socket = await super.connect(req, opts);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+        throw new RevdialError(
+          ErrorCodes.PROXY_FAILED,
+          `cannot reach the egress proxy ${this.#where} (${code}): check --proxy / REVDIAL_PROXY / HTTPS_PROXY and NO_PROXY`,
+          { cause: err },
+        );
+      } finally {
+        req.removeListener('proxyConnect', onProxyConnect);
+      }
+      if (status !== 200) {
+        socket.destroy();
+        const hint = status === 407 || status === 401 ? 'check the proxy credentials in the proxy URL' : 'check that the proxy allows CONNECT to this host and port';
+        throw new RevdialError(
+          ErrorCodes.PROXY_REJECTED,
+          `egress proxy ${this.#where} refused CONNECT to ${opts.host}:${opts.port} (HTTP ${status}${statusText ? ` ${statusText}` : ''}): ${hint}`,
+        );
+      }
+      return socket;
+    }
   }
+  return (proxy, secure) => new ConnectProxyAgent(proxy, secure);
 }
 
 /** The egress decision and the agents that carry it out, built once and shared. */
 export class EgressProxy {
   readonly #config: ProxyConfig;
   readonly #agents = new Map<string, HttpAgent>();
+  readonly #makeAgent: ConnectAgentFactory | undefined;
 
-  constructor(config: ProxyConfig) {
+  /**
+   * https-proxy-agent is loaded here, and only when a proxy is configured:
+   * `ws` asks for its agent synchronously (`agentFor`), so it has to be in
+   * hand before the first connection. Without a proxy it is never loaded: it
+   * and what it pulls in cost an idle agent about 3 MiB of resident memory.
+   */
+  static async create(config: ProxyConfig): Promise<EgressProxy> {
+    const configured = config.explicit ?? config.https ?? config.http;
+    const makeAgent = configured ? connectAgentFactory((await import('https-proxy-agent')).HttpsProxyAgent) : undefined;
+    return new EgressProxy(config, makeAgent);
+  }
+
+  private constructor(config: ProxyConfig, makeAgent: ConnectAgentFactory | undefined) {
     this.#config = config;
+    this.#makeAgent = makeAgent;
   }
 
   /** The proxy for a target URL (with credentials), or `undefined` to dial directly. */
@@ -240,7 +261,10 @@ export class EgressProxy {
     const key = `${secure ? 's' : 'p'} ${proxy.href}`;
     let agent = this.#agents.get(key);
     if (!agent) {
-      agent = new ConnectProxyAgent(proxy, secure);
+      // create() loads it whenever the config names a proxy, and proxyFor()
+      // finds one only in the config: never dial directly instead.
+      assert.ok(this.#makeAgent, 'https-proxy-agent is loaded whenever a proxy is configured');
+      agent = this.#makeAgent(proxy, secure);
       this.#agents.set(key, agent);
     }
     return agent;

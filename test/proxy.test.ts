@@ -93,7 +93,7 @@ test('control, data and registry connections all go through the CONNECT proxy; i
   const { local } = await startWolf(t);
   const target = `127.0.0.1:${(plane.server.address() as AddressInfo).port}`;
 
-  const egress = new EgressProxy({ explicit: new URL(`http://${USER}:${PASSWORD}@127.0.0.1:${proxy.port}`), noProxy: '' });
+  const egress = await EgressProxy.create({ explicit: new URL(`http://${USER}:${PASSWORD}@127.0.0.1:${proxy.port}`), noProxy: '' });
   t.after(() => egress.destroy());
   const events = new ObserverEvents();
   const connected = events.next('controlConnected');
@@ -148,7 +148,7 @@ test('wrong proxy credentials are REVDIAL_PROXY_REJECTED, not a control plane re
   const proxy = await startTinyproxy(t);
   const plane = await startPlane(t);
   const { local } = await startWolf(t);
-  const egress = new EgressProxy({ explicit: new URL(`http://${USER}:not-the-${PASSWORD}@127.0.0.1:${proxy.port}`), noProxy: '' });
+  const egress = await EgressProxy.create({ explicit: new URL(`http://${USER}:not-the-${PASSWORD}@127.0.0.1:${proxy.port}`), noProxy: '' });
   t.after(() => egress.destroy());
   const events = new ObserverEvents();
   const failed = events.next<string>('controlAttemptFailed');
@@ -164,7 +164,7 @@ test('wrong proxy credentials are REVDIAL_PROXY_REJECTED, not a control plane re
 test('an unreachable proxy is REVDIAL_PROXY_FAILED', async (t) => {
   const plane = await startPlane(t);
   const { local } = await startWolf(t);
-  const egress = new EgressProxy({ explicit: new URL(`http://${USER}:${PASSWORD}@127.0.0.1:1`), noProxy: '' });
+  const egress = await EgressProxy.create({ explicit: new URL(`http://${USER}:${PASSWORD}@127.0.0.1:1`), noProxy: '' });
   t.after(() => egress.destroy());
   const events = new ObserverEvents();
   const failed = events.next<string>('controlAttemptFailed');
@@ -176,14 +176,14 @@ test('an unreachable proxy is REVDIAL_PROXY_FAILED', async (t) => {
   assert.ok(!logs.raw.some((l) => l.includes(PASSWORD)));
 });
 
-test('proxy choice: --proxy for every scheme, else HTTPS_PROXY / HTTP_PROXY by scheme, NO_PROXY always', () => {
+test('proxy choice: --proxy for every scheme, else HTTPS_PROXY / HTTP_PROXY by scheme, NO_PROXY always', async () => {
   const env = {
     HTTPS_PROXY: 'http://s.proxy:3128',
     http_proxy: 'h.proxy:8080',
     HTTP_PROXY: 'http://ignored.proxy:1',
     NO_PROXY: 'internal.example, .corp.example:8443, 10.0.0.0/8, [::1]',
   };
-  const fromEnv = new EgressProxy(proxyConfigFromEnv(undefined, env));
+  const fromEnv = await EgressProxy.create(proxyConfigFromEnv(undefined, env));
   assert.equal(fromEnv.proxyFor(new URL('wss://api.example.com/x'))?.host, 's.proxy:3128');
   assert.equal(fromEnv.proxyFor(new URL('ws://api.example.com/x'))?.href, 'http://h.proxy:8080/');
   assert.equal(fromEnv.proxyFor(new URL('wss://internal.example/x')), undefined);
@@ -194,7 +194,7 @@ test('proxy choice: --proxy for every scheme, else HTTPS_PROXY / HTTP_PROXY by s
   assert.ok(fromEnv.proxyFor(new URL('ws://11.1.2.3:8080/')));
   assert.equal(fromEnv.proxyFor(new URL('ws://[::1]:8080/')), undefined);
 
-  const explicit = new EgressProxy(proxyConfigFromEnv(new URL('http://u:p@only.proxy:3128'), { ...env, NO_PROXY: 'skip.example' }));
+  const explicit = await EgressProxy.create(proxyConfigFromEnv(new URL('http://u:p@only.proxy:3128'), { ...env, NO_PROXY: 'skip.example' }));
   assert.equal(explicit.proxyFor(new URL('ws://api.example.com/'))?.host, 'only.proxy:3128');
   assert.equal(explicit.proxyFor(new URL('wss://api.example.com/'))?.host, 'only.proxy:3128');
   assert.equal(explicit.proxyFor(new URL('wss://skip.example/')), undefined);
@@ -206,7 +206,9 @@ test('proxy choice: --proxy for every scheme, else HTTPS_PROXY / HTTP_PROXY by s
   assert.equal(bypassesProxy(new URL('http://example.com/'), ''), false);
   assert.equal(bypassesProxy(new URL('http://notexample.com/'), 'example.com'), false);
   assert.throws(() => proxyConfigFromEnv(undefined, { HTTPS_PROXY: 'socks5://x:1080' }), { code: ErrorCodes.CONFIG_INVALID });
-  assert.equal(new EgressProxy(proxyConfigFromEnv(undefined, {})).proxyFor(new URL('wss://api.example.com/')), undefined);
+  assert.equal((await EgressProxy.create(proxyConfigFromEnv(undefined, {}))).proxyFor(new URL('wss://api.example.com/')), undefined);
+  // HTTP_PROXY alone is enough to load the CONNECT agent (ws:// targets).
+  assert.ok((await EgressProxy.create(proxyConfigFromEnv(undefined, { HTTP_PROXY: 'h.proxy:8080' }))).agentFor(new URL('ws://api.example.com/')));
 });
 
 test('wss through the CONNECT proxy: TLS to the control plane inside the tunnel, certificate still verified', { skip: SKIP }, async (t) => {
@@ -216,7 +218,7 @@ test('wss through the CONNECT proxy: TLS to the control plane inside the tunnel,
   const plane = await startPlane(t, { tls: { key: certs.key, cert: certs.cert } });
   const { local } = await startWolf(t);
   const target = `127.0.0.1:${(plane.server.address() as AddressInfo).port}`;
-  const egress = new EgressProxy({ explicit: new URL(`http://${USER}:${PASSWORD}@127.0.0.1:${proxy.port}`), noProxy: '' });
+  const egress = await EgressProxy.create({ explicit: new URL(`http://${USER}:${PASSWORD}@127.0.0.1:${proxy.port}`), noProxy: '' });
   t.after(() => egress.destroy());
   const { runnerId } = startAgent(t, plane, local, {
     transport: {
