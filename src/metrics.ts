@@ -5,7 +5,12 @@
  * all pre-set to 0 so that a series exists before its first event (a rate
  * over a series that appears late misses its first increase).
  */
-import client from 'prom-client';
+// The classes one by one, not the package index: see prom-client-lib.d.ts.
+import Counter from 'prom-client/lib/counter.js';
+import collectDefaultMetrics from 'prom-client/lib/defaultMetrics.js';
+import Gauge from 'prom-client/lib/gauge.js';
+import Histogram from 'prom-client/lib/histogram.js';
+import Registry from 'prom-client/lib/registry.js';
 import type { Direction } from './bridge.js';
 import { ErrorCodes } from './errors.js';
 import type { AgentObserver, TunnelResult } from './supervisor.js';
@@ -69,89 +74,89 @@ export interface AgentMetricsOptions {
 }
 
 export class AgentMetrics implements AgentObserver, RegistryObserver {
-  readonly registry = new client.Registry();
-  readonly #connected: client.Gauge;
-  readonly #connects: client.Counter;
-  readonly #disconnects: client.Counter<'reason'>;
-  readonly #attemptFailures: client.Counter<'reason'>;
-  readonly #tunnelsActive: client.Gauge;
-  readonly #tunnels: client.Counter<'result'>;
-  readonly #bytes: client.Counter<'direction'>;
+  readonly registry = new Registry();
+  readonly #connected: Gauge;
+  readonly #connects: Counter;
+  readonly #disconnects: Counter<'reason'>;
+  readonly #attemptFailures: Counter<'reason'>;
+  readonly #tunnelsActive: Gauge;
+  readonly #tunnels: Counter<'result'>;
+  readonly #bytes: Counter<'direction'>;
   /** One child per direction, bound once: `bytes` runs for every chunk. */
-  readonly #bytesBy = new Map<Direction, client.Counter.Internal>();
-  readonly #setup: client.Histogram;
-  readonly #localDial: client.Histogram;
-  readonly #heartbeats: client.Counter<'result'>;
-  readonly #registrations: client.Counter<'result'>;
-  readonly #registered: client.Gauge;
+  readonly #bytesBy = new Map<Direction, Counter.Internal>();
+  readonly #setup: Histogram;
+  readonly #localDial: Histogram;
+  readonly #heartbeats: Counter<'result'>;
+  readonly #registrations: Counter<'result'>;
+  readonly #registered: Gauge;
 
   constructor(options: AgentMetricsOptions = {}) {
     const registers = [this.registry];
-    if (options.defaultMetrics ?? true) client.collectDefaultMetrics({ register: this.registry });
-    this.#connected = new client.Gauge({
+    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+    this.#connected = new Gauge({
       name: 'revdial_control_connected',
       help: '1 while a control connection to the control plane is up, else 0.',
       registers,
     });
-    this.#connects = new client.Counter({
+    this.#connects = new Counter({
       name: 'revdial_control_connects_total',
       help: 'Control connections established.',
       registers,
     });
-    this.#disconnects = new client.Counter({
+    this.#disconnects = new Counter({
       name: 'revdial_control_disconnects_total',
       help: 'Control connections lost, by reason.',
       labelNames: ['reason'],
       registers,
     });
-    this.#attemptFailures = new client.Counter({
+    this.#attemptFailures = new Counter({
       name: 'revdial_control_connect_failures_total',
       help: 'Control connection attempts that failed, by reason.',
       labelNames: ['reason'],
       registers,
     });
-    this.#tunnelsActive = new client.Gauge({
+    this.#tunnelsActive = new Gauge({
       name: 'revdial_tunnels_active',
       help: 'Tunnels open now (pick-ups included).',
       registers,
     });
-    this.#tunnels = new client.Counter({
+    this.#tunnels = new Counter({
       name: 'revdial_tunnels_total',
       help: 'Tunnels ended, by result: ok carried traffic; the others are failures and refusals.',
       labelNames: ['result'],
       registers,
     });
-    this.#bytes = new client.Counter({
+    this.#bytes = new Counter({
       name: 'revdial_tunnel_bytes_total',
       help: 'Bytes carried by tunnels: to_local toward the Wolf API, from_local back to the control plane.',
       labelNames: ['direction'],
       registers,
     });
-    this.#setup = new client.Histogram({
+    this.#setup = new Histogram({
       name: 'revdial_tunnel_setup_seconds',
       help: 'From conn-ready to both ends of the tunnel connected.',
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20],
       registers,
     });
-    this.#localDial = new client.Histogram({
+    this.#localDial = new Histogram({
       name: 'revdial_local_dial_seconds',
       help: 'Time to connect to the local Wolf API.',
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers,
     });
-    this.#heartbeats = new client.Counter({
+    this.#heartbeats = new Counter({
       name: 'revdial_registry_heartbeats_total',
       help: 'Registry heartbeats, by result (not_found: the control plane lost the instance and it registers again).',
       labelNames: ['result'],
       registers,
     });
-    this.#registrations = new client.Counter({
+    this.#registrations = new Counter({
       name: 'revdial_registry_registrations_total',
       help: 'Registry registration attempts, by result (not_found: the control plane has no registry).',
       labelNames: ['result'],
       registers,
     });
-    this.#registered = new client.Gauge({
+    this.#registered = new Gauge({
       name: 'revdial_registry_registered',
       help: '1 while this instance is registered with the control plane registry, else 0.',
       registers,
