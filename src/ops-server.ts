@@ -13,11 +13,20 @@
  * Listening fails loudly: a port in use is a coded startup error naming the
  * address and the variable to change, never a silently missing endpoint.
  */
-import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { ErrorCodes, RevdialError } from './errors.js';
+
+// Not `import http from 'node:http'`: importing a built-in from an ES module
+// builds its ES module facade, which reads every export, and http's lazy
+// WebSocket, CloseEvent and MessageEvent getters then load Node's bundled
+// undici: ~3 MiB of an idle agent's RSS (issue 6) for classes it never uses.
+// getBuiltinModule hands over the plain exports, as `require` does (and as
+// the packaged bundle, which is CommonJS, always did). The same cost shows
+// as time in https://github.com/nodejs/node/issues/59686.
+const http = process.getBuiltinModule('node:http');
 
 export interface ListenAddress {
   host: string;
@@ -59,7 +68,7 @@ export interface OpsServerOptions {
 }
 
 export class OpsServer {
-  readonly server: http.Server;
+  readonly server: Server;
   readonly #options: OpsServerOptions;
   readonly #loopDelay = monitorEventLoopDelay({ resolution: 20 });
 
