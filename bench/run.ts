@@ -8,11 +8,13 @@
  *   npm run bench -- --smoke       short run for CI: asserts only completion and checksums
  *   npm run bench -- --cpu-prof    also writes the agent's CPU profile under bench/results/profiles/
  *   npm run bench -- --dist        drives the packaged executable (dist/) instead of bin/
+ *   npm run bench -- --node-args '--trace-gc' --agent-log /tmp/agent.log
+ *                                  experiments: runs build/src/main.js with these Node flags, keeps its output
  *   npm run bench -- --runs 5 --duration 8 --bulk-mib 1024 --idle 1000
  */
 import { type ChildProcess, execFileSync, fork, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -42,6 +44,10 @@ interface Options {
   cpuProf: boolean;
   /** Drive the packaged executable (dist/wolf-revdial-client) instead of bin/. */
   dist: boolean;
+  /** Node flags for the agent, run as `node <flags> build/src/main.js` (experiments such as --trace-gc). */
+  nodeArgs?: string[];
+  /** Append the agent's stdout and stderr to this file. */
+  agentLog?: string;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -60,6 +66,8 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--concurrency') o.concurrency = String(argv[++i]).split(',').map(Number);
     else if (a === '--cpu-prof') o.cpuProf = true;
     else if (a === '--dist') o.dist = true;
+    else if (a === '--node-args') o.nodeArgs = String(argv[++i]).split(' ').filter(Boolean);
+    else if (a === '--agent-log') o.agentLog = String(argv[++i]);
     else if (a !== '--smoke') throw new Error(`unknown option ${a}`);
   }
   return o;
@@ -96,10 +104,16 @@ interface AgentProcess {
 }
 
 /** Starts the agent the way users do: the executable, configured by environment. */
-function startAgent(command: string, args: string[], env: NodeJS.ProcessEnv): AgentProcess {
+function startAgent(command: string, args: string[], env: NodeJS.ProcessEnv, logFile?: string): AgentProcess {
   const t0 = process.hrtime.bigint();
   const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   started.push(child);
+  if (logFile) {
+    const log = createWriteStream(logFile, { flags: 'a' });
+    child.stdout?.on('data', (b: Buffer) => log.write(b));
+    child.stderr?.on('data', (b: Buffer) => log.write(b));
+    child.once('exit', () => log.end());
+  }
   let err = '';
   child.stderr?.setEncoding('utf8').on('data', (s: string) => {
     err += s;
@@ -283,9 +297,11 @@ async function main(): Promise<void> {
   const profDir = join(RESULTS, 'profiles');
 
   const env = agentEnv(apiUrl, wolfId, token, local);
-  const agent = o.cpuProf
-    ? startAgent(NODE, ['--cpu-prof', `--cpu-prof-dir=${profDir}`, join(ROOT, 'build/src/main.js')], env)
-    : startAgent(o.dist ? DIST : BIN, [], env);
+  const nodeArgs = [...(o.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []), ...(o.nodeArgs ?? [])];
+  const agent =
+    nodeArgs.length > 0
+      ? startAgent(NODE, [...nodeArgs, join(ROOT, 'build/src/main.js')], env, o.agentLog)
+      : startAgent(o.dist ? DIST : BIN, [], env, o.agentLog);
   const connectMs = await agent.connected;
   await plane.ipc.call('waitRunner', { runnerId, timeoutMs: 10_000 });
   say(`agent pid ${agent.pid} connected in ${connectMs.toFixed(0)} ms; plane ${apiUrl}, wolf ${local}`);
@@ -471,7 +487,7 @@ async function main(): Promise<void> {
     mode: o.smoke ? 'smoke' : 'full',
     options: o,
     machine: { cpus: (await import('node:os')).cpus().length, node: process.version, loadAverage1m: loads },
-    agent: o.cpuProf ? 'node --cpu-prof build/src/main.js' : o.dist ? 'dist/wolf-revdial-client' : 'bin/wolf-revdial-client',
+    agent: nodeArgs.length > 0 ? `node ${nodeArgs.join(' ')} build/src/main.js` : o.dist ? 'dist/wolf-revdial-client' : 'bin/wolf-revdial-client',
     checks,
     figures,
     seconds: (Date.now() - t0) / 1000,

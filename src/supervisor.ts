@@ -89,8 +89,13 @@ export class Agent {
   #shutdown: Promise<{ cut: number }> | undefined;
   #disconnectedSince: number;
   #tunnelSeq = 0;
-  /** What every local socket reads into: one 64 KiB buffer, not one per read (see dialLocal). */
-  readonly #readBuffer = Buffer.allocUnsafe(64 * 1024);
+  /**
+   * What every local socket reads into: one buffer, not one per read (see
+   * dialLocal). 256 KiB rather than Node's 64 KiB: a bulk download from Wolf
+   * then takes a quarter of the reads and WebSocket frames (measured with
+   * `npm run bench`: 1.54 → 1.28 agent CPU-s per GiB, 326 → 366 MiB/s).
+   */
+  readonly #readBuffer = Buffer.allocUnsafe(256 * 1024);
   #lastLimitWarning = -Infinity;
   #refusedSinceWarning = 0;
 
