@@ -39,12 +39,14 @@ mkdir -p "$work"
 #    `import.meta` is empty in a CommonJS bundle: anything that resolves files
 #    relative to import.meta.url would break at run time, so make it a build error.
 #    Optional native add-ons of ws (bufferutil, utf-8-validate) are required inside
-#    try/catch. A .node add-on cannot be loaded from inside the SEA blob, so they
-#    stay external: the require fails at run time and ws falls back to plain JS
-#    (the packaged binary masks frames in JS; bin/ uses bufferutil's native mask).
+#    try/catch. A .node add-on cannot be loaded from inside the SEA blob: in
+#    bufferutil's place goes build/src/js-mask.js, masking four bytes at a time in
+#    JavaScript (bin/ keeps the native add-on); utf-8-validate stays external and
+#    ws validates text in JS (the agent only takes binary frames anyway).
+[ -f build/src/js-mask.js ] || die "build/src/js-mask.js not found: run 'npm run build' first"
 node_modules/.bin/esbuild "$entry" \
   --bundle \
-  --external:bufferutil \
+  --alias:bufferutil=./build/src/js-mask.js \
   --external:utf-8-validate \
   --platform=node \
   --format=cjs \
