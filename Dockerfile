@@ -15,6 +15,9 @@ COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json ./
 COPY src ./src
+COPY scripts/bundle.mjs ./scripts/
+# tsc, then esbuild: build/wolf-revdial-client.cjs, the agent in one file
+# (about 10 MiB less resident memory than running build/src/main.js).
 RUN npm run build
 
 # --- deps: production dependencies only ---------------------------------------
@@ -28,7 +31,9 @@ FROM node:24.21.0-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
-COPY --from=build /src/build ./build
+# The bundle needs only what it leaves outside: bufferutil (native masking),
+# and https-proxy-agent and undici, loaded only with --proxy / --register.
+COPY --from=build /src/build/wolf-revdial-client.cjs ./build/
 COPY package.json ./
 # The image's own `node` user (uid 1000); Kubernetes' runAsNonRoot needs the
 # numeric id to prove it is not root.
@@ -44,4 +49,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
 # Exec form: node is PID 1 and receives SIGTERM itself, then drains for
 # --grace-period (30 s). Give `docker stop -t` / stop_grace_period more than that.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["node", "build/src/main.js"]
+ENTRYPOINT ["node", "build/wolf-revdial-client.cjs"]

@@ -9,7 +9,7 @@
  *   npm run bench -- --cpu-prof    also writes the agent's CPU profile under bench/results/profiles/
  *   npm run bench -- --dist        drives the packaged executable (dist/) instead of bin/
  *   npm run bench -- --node-args '--trace-gc' --agent-log /tmp/agent.log
- *                                  experiments: runs build/src/main.js with these Node flags, keeps its output
+ *                                  experiments: runs build/wolf-revdial-client.cjs (what bin/ runs) with these Node flags, keeps its output
  *   npm run bench -- --runs 5 --duration 8 --bulk-mib 1024 --idle 1000
  */
 import { type ChildProcess, execFileSync, fork, spawn } from 'node:child_process';
@@ -24,6 +24,8 @@ import { cpuSeconds, cpuSplit, loadAverage, median, rssAnonMiB, rssMiB, spread }
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const NODE = process.execPath;
 const BIN = join(ROOT, 'bin/wolf-revdial-client');
+/** What bin/ runs: the agent bundled by `npm run build`. */
+const AGENT_JS = 'build/wolf-revdial-client.cjs';
 const DIST = join(ROOT, 'dist/wolf-revdial-client');
 const RESULTS = join(ROOT, 'bench/results');
 const HERE = fileURLToPath(new URL('.', import.meta.url));
@@ -46,7 +48,7 @@ interface Options {
   cpuProf: boolean;
   /** Drive the packaged executable (dist/wolf-revdial-client) instead of bin/. */
   dist: boolean;
-  /** Node flags for the agent, run as `node <flags> build/src/main.js` (experiments such as --trace-gc). */
+  /** Node flags for the agent, run as `node <flags> build/wolf-revdial-client.cjs` (experiments such as --trace-gc). */
   nodeArgs?: string[];
   /** Append the agent's stdout and stderr to this file. */
   agentLog?: string;
@@ -282,7 +284,7 @@ async function main(): Promise<void> {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`${tool} not found: apt-get install -y wrk`);
     }
   }
-  if (!existsSync(join(ROOT, 'build/src/main.js'))) throw new Error('build/src/main.js missing: run npm run build');
+  if (!existsSync(join(ROOT, AGENT_JS))) throw new Error(`${AGENT_JS} missing: run npm run build`);
   mkdirSync(RESULTS, { recursive: true });
   const tmp = mkdtempSync(join(tmpdir(), 'revdial-bench-'));
   const script = join(tmp, 'report.lua');
@@ -318,7 +320,7 @@ async function main(): Promise<void> {
   const nodeArgs = [...(o.cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : []), ...(o.nodeArgs ?? [])];
   const agent =
     nodeArgs.length > 0
-      ? startAgent(NODE, [...nodeArgs, join(ROOT, 'build/src/main.js')], env, o.agentLog)
+      ? startAgent(NODE, [...nodeArgs, join(ROOT, AGENT_JS)], env, o.agentLog)
       : startAgent(o.dist ? distOrFail(dist) : BIN, [], env, o.agentLog);
   const connectMs = await agent.connected;
   await plane.ipc.call('waitRunner', { runnerId, timeoutMs: 10_000 });
@@ -518,7 +520,7 @@ async function main(): Promise<void> {
     mode: o.smoke ? 'smoke' : 'full',
     options: o,
     machine: { cpus: (await import('node:os')).cpus().length, node: process.version, loadAverage1m: loads },
-    agent: nodeArgs.length > 0 ? `node ${nodeArgs.join(' ')} build/src/main.js` : o.dist ? 'dist/wolf-revdial-client' : 'bin/wolf-revdial-client',
+    agent: nodeArgs.length > 0 ? `node ${nodeArgs.join(' ')} ${AGENT_JS}` : o.dist ? 'dist/wolf-revdial-client' : 'bin/wolf-revdial-client',
     checks,
     figures,
     seconds: (Date.now() - t0) / 1000,

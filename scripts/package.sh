@@ -34,43 +34,12 @@ node_version="$("$node_bin" --version)"
 rm -rf "$work"
 mkdir -p "$work"
 
-# 1. One CommonJS file. SEA (Node 24) runs CommonJS only, and its `require` reaches
-#    built-in modules only, so every dependency must be inside the bundle.
-#    `import.meta` is empty in a CommonJS bundle: anything that resolves files
-#    relative to import.meta.url would break at run time, so make it a build error.
-#    Optional native add-ons of ws (bufferutil, utf-8-validate) are required inside
-#    try/catch. A .node add-on cannot be loaded from inside the SEA blob: in
-#    bufferutil's place goes build/src/js-mask.js, masking four bytes at a time in
-#    JavaScript (bin/ keeps the native add-on); utf-8-validate stays external and
-#    ws validates text in JS (the agent only takes binary frames anyway).
+# 1. One CommonJS file with every dependency inside: SEA (Node 24) runs
+#    CommonJS only, and its `require` reaches built-in modules only.
+#    scripts/bundle.mjs says what goes in and why (bufferutil is replaced by
+#    build/src/js-mask.js; the result is checked to be plain ASCII).
 [ -f build/src/js-mask.js ] || die "build/src/js-mask.js not found: run 'npm run build' first"
-node_modules/.bin/esbuild "$entry" \
-  --bundle \
-  --alias:bufferutil=./build/src/js-mask.js \
-  --external:utf-8-validate \
-  --platform=node \
-  --format=cjs \
-  --target=node24 \
-  --legal-comments=eof \
-  --log-level=warning \
-  --log-override:empty-import-meta=error \
-  --outfile="$work/agent.cjs"
-
-# 1b. ASCII only. esbuild already escapes non-ASCII characters in strings and
-#     identifiers, but it keeps them in comments (a few dependencies have `’` or
-#     `§` there). One such character makes V8 hold the whole 1.7 MB source as a
-#     two-byte string: about 1.6 MiB more resident memory for the whole run.
-#     A \uXXXX escape means the same character in a string, an identifier or a
-#     regular expression, and nothing in a comment; the check proves the result
-#     is plain ASCII.
-"$node_bin" -e '
-  const fs = require("node:fs");
-  const file = process.argv[1];
-  const text = fs.readFileSync(file, "utf8");
-  const ascii = text.replace(/[^\x00-\x7f]/g, (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
-  fs.writeFileSync(file, ascii);
-' "$work/agent.cjs"
-if LC_ALL=C grep -q -P '[^\x00-\x7F]' "$work/agent.cjs"; then die "bundle still holds non-ASCII bytes"; fi
+"$node_bin" scripts/bundle.mjs sea "$work/agent.cjs" "$entry"
 
 # 2. The SEA blob. The code cache trades a little size for a faster start.
 cat >"$work/sea-config.json" <<EOF

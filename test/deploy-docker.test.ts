@@ -167,6 +167,15 @@ describe('Dockerfile', () => {
     const entry = execForm(final.filter((i) => i.keyword === 'ENTRYPOINT').at(-1), 'ENTRYPOINT');
     assert.equal(entry[0], 'node');
     assert.ok(!entry.some((a) => /\b(sh|bash)\b/.test(a)), 'no shell wrapper in front of node');
+    // The same one-file bundle bin/wolf-revdial-client runs, built by `npm run build`, copied into the runtime stage.
+    const bin = readFileSync(join(root, 'bin/wolf-revdial-client'), 'utf8');
+    const script = entry[1] ?? '';
+    assert.match(script, /^build\/[\w-]+\.cjs$/, `ENTRYPOINT runs the bundle, not ${script}`);
+    assert.ok(bin.includes(`$root/${script}`), `bin/wolf-revdial-client runs ${script} too`);
+    assert.ok(
+      final.some((i) => i.keyword === 'COPY' && i.args.includes('--from=build') && i.args.includes(script)),
+      `the runtime stage copies ${script} from the build stage`,
+    );
     const stop = final.find((i) => i.keyword === 'STOPSIGNAL');
     assert.ok(stop === undefined || stop.args === 'SIGTERM', 'STOPSIGNAL SIGTERM');
   });
