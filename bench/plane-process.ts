@@ -12,7 +12,9 @@
  *   the difference between the two is what the tunnel costs;
  * - IPC commands for the bulk transfers and the idle tunnels, each checksum-verified.
  *
- * Environment: BENCH_TOKEN (the runner token), BENCH_RUNNER_ID, BENCH_WOLF (host:port).
+ * Environment: BENCH_TOKEN (the runner token), BENCH_RUNNER_ID, BENCH_WOLF (host:port),
+ * BENCH_WOLF_SOCKET (optional: the stand-in's unix socket, which the no-tunnel
+ * paths then use, as the agent does).
  */
 import http, { type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -27,6 +29,9 @@ const runnerId = process.env.BENCH_RUNNER_ID ?? '';
 const [wolfHost = '127.0.0.1', wolfPortText = '0'] = (process.env.BENCH_WOLF ?? '').split(':');
 const wolfPort = Number(wolfPortText);
 if (!token || !runnerId || !wolfPort) throw new Error('BENCH_TOKEN, BENCH_RUNNER_ID and BENCH_WOLF are required');
+const wolfSocket = process.env.BENCH_WOLF_SOCKET;
+/** Where the no-tunnel paths reach the stand-in Wolf: the same transport the agent is given. */
+const wolfTarget: http.RequestOptions = wolfSocket ? { socketPath: wolfSocket } : { host: wolfHost, port: wolfPort };
 
 const plane = ControlPlane.withToken(token);
 await plane.listen(0, '127.0.0.1');
@@ -83,12 +88,12 @@ const tunnelFront = http.createServer((req, res) => {
     .then((upstream) => relay(upstream, res), (err: unknown) => fail(res, err));
 });
 
-/** One fresh TCP connection straight to Wolf per request: the same proxy, no tunnel. */
+/** One fresh connection straight to Wolf per request: the same proxy, no tunnel. */
 const directFront = http.createServer((req, res) => {
   bodyOf(req).then((body) => {
     const headers: Record<string, string> = { ...forwardHeaders(req.headers), host: 'wolf' };
     if (body) headers['content-length'] = String(body.length);
-    const up = http.request({ host: wolfHost, port: wolfPort, method: req.method, path: req.url, headers, agent: false });
+    const up = http.request({ ...wolfTarget, method: req.method, path: req.url, headers, agent: false });
     up.once('response', (upstream) => relay(upstream, res));
     up.once('error', (err) => fail(res, err));
     up.end(body);
@@ -118,7 +123,7 @@ function patternStream(size: number, seed: string): Readable {
 }
 
 function directRequest(method: string, path: string, headers: Record<string, string> = {}): http.ClientRequest {
-  return http.request({ host: wolfHost, port: wolfPort, method, path, headers: { host: 'wolf', ...headers }, agent: false });
+  return http.request({ ...wolfTarget, method, path, headers: { host: 'wolf', ...headers }, agent: false });
 }
 
 function responseOf(req: http.ClientRequest): Promise<IncomingMessage> {

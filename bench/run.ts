@@ -8,6 +8,7 @@
  *   npm run bench -- --smoke       short run for CI: asserts only completion and checksums
  *   npm run bench -- --cpu-prof    also writes the agent's CPU profile under bench/results/profiles/
  *   npm run bench -- --dist        drives the packaged executable (dist/) instead of bin/
+ *   npm run bench -- --wolf-tcp    the agent dials Wolf on 127.0.0.1 instead of a unix socket
  *   npm run bench -- --node-args '--trace-gc' --agent-log /tmp/agent.log
  *                                  experiments: runs build/wolf-revdial-client.cjs (what bin/ runs) with these Node flags, keeps its output
  *   npm run bench -- --runs 5 --duration 8 --bulk-mib 1024 --idle 1000
@@ -48,6 +49,11 @@ interface Options {
   cpuProf: boolean;
   /** Drive the packaged executable (dist/wolf-revdial-client) instead of bin/. */
   dist: boolean;
+  /**
+   * Give the agent (and the no-tunnel proxy) Wolf's TCP address instead of its
+   * unix socket. Real deployments use the socket (/var/run/wolf/wolf.sock).
+   */
+  wolfTcp: boolean;
   /** Node flags for the agent, run as `node <flags> build/wolf-revdial-client.cjs` (experiments such as --trace-gc). */
   nodeArgs?: string[];
   /** Append the agent's stdout and stderr to this file. */
@@ -57,8 +63,8 @@ interface Options {
 function parseArgs(argv: string[]): Options {
   const smoke = argv.includes('--smoke');
   const o: Options = smoke
-    ? { smoke, runs: 1, durationS: 2, concurrency: [1, 32, 128], bulkBytes: 128 * MiB, idleTunnels: 1000, startRuns: 3, cpuProf: false, dist: false }
-    : { smoke, runs: 3, durationS: 6, concurrency: [1, 32, 128], bulkBytes: GiB, idleTunnels: 1000, startRuns: 7, cpuProf: false, dist: false };
+    ? { smoke, runs: 1, durationS: 2, concurrency: [1, 32, 128], bulkBytes: 128 * MiB, idleTunnels: 1000, startRuns: 3, cpuProf: false, dist: false, wolfTcp: false }
+    : { smoke, runs: 3, durationS: 6, concurrency: [1, 32, 128], bulkBytes: GiB, idleTunnels: 1000, startRuns: 7, cpuProf: false, dist: false, wolfTcp: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = (): number => Number(argv[++i]);
@@ -70,6 +76,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--concurrency') o.concurrency = String(argv[++i]).split(',').map(Number);
     else if (a === '--cpu-prof') o.cpuProf = true;
     else if (a === '--dist') o.dist = true;
+    else if (a === '--wolf-tcp') o.wolfTcp = true;
     else if (a === '--node-args') o.nodeArgs = String(argv[++i]).split(' ').filter(Boolean);
     else if (a === '--agent-log') o.agentLog = String(argv[++i]);
     else if (a !== '--smoke') throw new Error(`unknown option ${a}`);
@@ -306,14 +313,25 @@ async function main(): Promise<void> {
   const runnerId = `wolf-${wolfId}`;
   const baseEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp' };
 
-  const wolf = await forkService('wolf-process.js', baseEnv);
-  const local = String(wolf.ready.local);
+  // Wolf listens on a unix socket, as in real deployments, and on TCP for wrk's
+  // direct figures (wrk cannot dial a socket). The agent and the no-tunnel
+  // proxy get the socket unless --wolf-tcp.
+  const wolfSocket = join(tmp, 'wolf.sock');
+  const wolf = await forkService('wolf-process.js', { ...baseEnv, BENCH_WOLF_SOCKET: wolfSocket });
+  const wolfTcp = String(wolf.ready.local);
+  const local = o.wolfTcp ? wolfTcp : `unix://${wolfSocket}`;
   const wolfPid = Number(wolf.ready.pid);
-  const plane = await forkService('plane-process.js', { ...baseEnv, BENCH_TOKEN: token, BENCH_RUNNER_ID: runnerId, BENCH_WOLF: local });
+  const plane = await forkService('plane-process.js', {
+    ...baseEnv,
+    BENCH_TOKEN: token,
+    BENCH_RUNNER_ID: runnerId,
+    BENCH_WOLF: wolfTcp,
+    ...(o.wolfTcp ? {} : { BENCH_WOLF_SOCKET: wolfSocket }),
+  });
   const apiUrl = String(plane.ready.apiUrl);
   const tunnelFront = String(plane.ready.tunnelFront);
   const directFront = String(plane.ready.directFront);
-  const wolfUrl = `http://${local}`;
+  const wolfUrl = `http://${wolfTcp}`;
   const profDir = join(RESULTS, 'profiles');
 
   const env = agentEnv(apiUrl, wolfId, token, local);

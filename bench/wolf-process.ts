@@ -1,7 +1,10 @@
 /**
  * The stand-in Wolf API in its own process, for `npm run bench`. Listens on
- * 127.0.0.1 port 0 and tells the parent its address over IPC.
+ * 127.0.0.1 port 0 (for `wrk`, which cannot dial a unix socket) and, with
+ * BENCH_WOLF_SOCKET set, also on that unix socket, as Wolf listens in real
+ * deployments; tells the parent its address over IPC.
  */
+import http from 'node:http';
 import { StandInWolf } from '../src/stand-in-wolf.js';
 import { serve } from './ipc.js';
 
@@ -11,10 +14,25 @@ const wolf = new StandInWolf();
 wolf.server.requestTimeout = 0;
 wolf.server.headersTimeout = 60_000;
 const local = await wolf.listen(0, '127.0.0.1');
+// A listener listens once: the socket gets a second server with the same handler and limits.
+const socketPath = process.env.BENCH_WOLF_SOCKET;
+const servers = [wolf.server];
+if (socketPath) {
+  const onSocket = http.createServer(wolf.server.listeners('request')[0] as http.RequestListener);
+  onSocket.keepAliveTimeout = wolf.server.keepAliveTimeout;
+  onSocket.requestTimeout = wolf.server.requestTimeout;
+  onSocket.headersTimeout = wolf.server.headersTimeout;
+  await new Promise<void>((resolve, reject) => {
+    onSocket.once('error', reject);
+    onSocket.listen(socketPath, () => resolve());
+  });
+  servers.push(onSocket);
+}
+const connectionsOf = (s: http.Server): Promise<number> =>
+  new Promise<number>((resolve, reject) => s.getConnections((err, n) => (err ? reject(err) : resolve(n))));
 
 serve({
-  connections: () =>
-    new Promise<number>((resolve, reject) => wolf.server.getConnections((err, n) => (err ? reject(err) : resolve(n)))),
+  connections: async () => (await Promise.all(servers.map(connectionsOf))).reduce((a, b) => a + b, 0),
   requests: () => wolf.requests,
 });
 process.send?.({ ready: true, local, pid: process.pid });
