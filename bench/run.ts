@@ -9,6 +9,8 @@
  *   npm run bench -- --cpu-prof    also writes the agent's CPU profile under bench/results/profiles/
  *   npm run bench -- --dist        drives the packaged executable (dist/) instead of bin/
  *   npm run bench -- --wolf-tcp    the agent dials Wolf on 127.0.0.1 instead of a unix socket
+ *   npm run bench -- --agent-cmd ./wrapper.sh   runs this executable as the agent (a wrapper that
+ *                                  moves itself into a memory cgroup, then execs bin/, for example)
  *   npm run bench -- --node-args '--trace-gc' --agent-log /tmp/agent.log
  *                                  experiments: runs build/wolf-revdial-client.cjs (what bin/ runs) with these Node flags, keeps its output
  *   npm run bench -- --runs 5 --duration 8 --bulk-mib 1024 --idle 1000
@@ -58,6 +60,8 @@ interface Options {
   nodeArgs?: string[];
   /** Append the agent's stdout and stderr to this file. */
   agentLog?: string;
+  /** Run this executable as the agent instead of bin/ (same environment, no arguments). */
+  agentCmd?: string;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -79,6 +83,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--wolf-tcp') o.wolfTcp = true;
     else if (a === '--node-args') o.nodeArgs = String(argv[++i]).split(' ').filter(Boolean);
     else if (a === '--agent-log') o.agentLog = String(argv[++i]);
+    else if (a === '--agent-cmd') o.agentCmd = String(argv[++i]);
     else if (a !== '--smoke') throw new Error(`unknown option ${a}`);
   }
   return o;
@@ -339,7 +344,7 @@ async function main(): Promise<void> {
   const agent =
     nodeArgs.length > 0
       ? startAgent(NODE, [...nodeArgs, join(ROOT, AGENT_JS)], env, o.agentLog)
-      : startAgent(o.dist ? distOrFail(dist) : BIN, [], env, o.agentLog);
+      : startAgent(o.agentCmd ?? (o.dist ? distOrFail(dist) : BIN), [], env, o.agentLog);
   const connectMs = await agent.connected;
   await plane.ipc.call('waitRunner', { runnerId, timeoutMs: 10_000 });
   say(`agent pid ${agent.pid} connected in ${connectMs.toFixed(0)} ms; plane ${apiUrl}, wolf ${local}`);
@@ -538,7 +543,7 @@ async function main(): Promise<void> {
     mode: o.smoke ? 'smoke' : 'full',
     options: o,
     machine: { cpus: (await import('node:os')).cpus().length, node: process.version, loadAverage1m: loads },
-    agent: nodeArgs.length > 0 ? `node ${nodeArgs.join(' ')} ${AGENT_JS}` : o.dist ? 'dist/wolf-revdial-client' : 'bin/wolf-revdial-client',
+    agent: nodeArgs.length > 0 ? `node ${nodeArgs.join(' ')} ${AGENT_JS}` : (o.agentCmd ?? (o.dist ? 'dist/wolf-revdial-client' : 'bin/wolf-revdial-client')),
     checks,
     figures,
     seconds: (Date.now() - t0) / 1000,
