@@ -8,13 +8,21 @@
  * have had their echo answer started, so all of them are open together
  * before any finishes: the figure is 1,000 concurrent tunnels, not 1,000
  * in a row.
+ *
+ * Where the test may make a memory cgroup (root, cgroup v1 or a delegating
+ * v2), the agent runs under the memory limit the Kubernetes DaemonSet gives
+ * it (read from k8s/daemonset.yaml), and the kernel's own counters must show
+ * that the load never reached the limit and nothing was OOM-killed.
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { after, test } from 'node:test';
+import { parseAllDocuments } from 'yaml';
 import { spawnProbedAgent } from './helpers/faults.js';
-import { sha256Of, startPlane, startWolf } from './helpers/harness.js';
+import { ROOT, sha256Of, startPlane, startWolf } from './helpers/harness.js';
+import { createMemoryCgroup, quantityBytes } from './helpers/memory-cgroup.js';
 import { memory } from './helpers/proc-stats.js';
 import { assertNoTokenLeaked } from './helpers/token-guard.js';
 
@@ -36,9 +44,29 @@ const SLICE = 32 * 1024;
  */
 const PEAK_RSS_BOUND_MIB = 384;
 
+interface Container {
+  name?: string;
+  image?: string;
+  resources?: { limits?: { memory?: string } };
+}
+
+/** The agent container's memory limit in k8s/daemonset.yaml. */
+function daemonSetMemoryLimit(): string {
+  for (const doc of parseAllDocuments(readFileSync(`${ROOT}k8s/daemonset.yaml`, 'utf8'))) {
+    const workload = doc.toJS() as { kind?: string; spec?: { template?: { spec?: { containers?: Container[] } } } };
+    if (workload.kind !== 'DaemonSet') continue;
+    const agent = workload.spec?.template?.spec?.containers?.find((c) => /revdial/.test(`${c.name} ${c.image}`));
+    if (agent?.resources?.limits?.memory) return agent.resources.limits.memory;
+  }
+  throw new Error('k8s/daemonset.yaml: no memory limit on the agent container');
+}
+
 test(`figure 5: ${TUNNELS} concurrent tunnels each moving ${SIZE / MiB} MiB both ways, all byte-exact; agent peak RSS reported`, { timeout: 180_000 }, async (t) => {
   const plane = await startPlane(t, { pickupTimeoutMs: 60_000 });
   const { wolf, local } = await startWolf(t);
+  const limit = daemonSetMemoryLimit();
+  const cgroup = createMemoryCgroup(`revdial-scale-${process.pid}`, quantityBytes(limit));
+  if ('unavailable' in cgroup) t.diagnostic(`figure 5: no memory cgroup here (${cgroup.unavailable}): the DaemonSet's ${limit} limit is not enforced`);
   const agent = spawnProbedAgent(t, {
     HELIX_API_URL: plane.url,
     WOLF_ID: 'scale',
@@ -48,7 +76,13 @@ test(`figure 5: ${TUNNELS} concurrent tunnels each moving ${SIZE / MiB} MiB both
     // Generous: 1,000 dials at once may overflow a listen backlog and wait out a SYN retry.
     REVDIAL_PICKUP_TIMEOUT: '60',
     REVDIAL_LOCAL_DIAL_TIMEOUT: '30',
-  });
+  }, 'spawned agent', 'unavailable' in cgroup ? {} : { cgroupProcs: cgroup.procs });
+  if (!('unavailable' in cgroup)) {
+    t.after(async () => {
+      await agent.exited;
+      cgroup.remove();
+    });
+  }
   const runnerId = 'wolf-scale';
   const pid = agent.child.pid;
   assert.ok(pid);
@@ -103,7 +137,13 @@ test(`figure 5: ${TUNNELS} concurrent tunnels each moving ${SIZE / MiB} MiB both
   };
 
   const t0 = performance.now();
-  const results = await Promise.all(Array.from({ length: TUNNELS }, (_, i) => one(i)));
+  const results = await Promise.all(Array.from({ length: TUNNELS }, (_, i) => one(i))).catch((err: unknown) => {
+    // A tunnel cut short by the kernel's OOM killer reads as a reset: say what happened.
+    if (!('unavailable' in cgroup) && cgroup.oomKills() > 0) {
+      throw new Error(`the agent was OOM-killed under the DaemonSet's ${limit} limit (peak charged ${(cgroup.peakBytes() / MiB).toFixed(1)} MiB)`, { cause: err });
+    }
+    throw err;
+  });
   const ms = performance.now() - t0;
   const peak = memory(pid);
 
@@ -128,4 +168,12 @@ test(`figure 5: ${TUNNELS} concurrent tunnels each moving ${SIZE / MiB} MiB both
   t.diagnostic(
     `figure 5: agent RSS ${(idle.rssKiB / 1024).toFixed(1)} MiB idle, peak (VmHWM) ${peakMiB.toFixed(1)} MiB, bound ${PEAK_RSS_BOUND_MIB} MiB`,
   );
+  if (!('unavailable' in cgroup)) {
+    // The kernel's view: what the cgroup was charged (anonymous memory and the pages it touched first).
+    const peakCharged = cgroup.peakBytes() / MiB;
+    t.diagnostic(`figure 5: under the DaemonSet's ${limit} limit (${cgroup.dir}): peak charged ${peakCharged.toFixed(1)} MiB, limit reached ${cgroup.limitHits()} times, OOM kills ${cgroup.oomKills()}`);
+    assert.equal(cgroup.oomKills(), 0, 'no OOM kill under the DaemonSet memory limit');
+    assert.equal(cgroup.limitHits(), 0, `the load never reached the ${limit} limit (peak charged ${peakCharged.toFixed(1)} MiB)`);
+    assert.ok(peakCharged < cgroup.limitBytes / MiB);
+  }
 });

@@ -5,7 +5,7 @@
  */
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { type SpawnedAgent, TOKEN, agentEnv, spawnAgent } from './harness.js';
+import { type SpawnOptions, type SpawnedAgent, TOKEN, agentEnv, spawnAgent } from './harness.js';
 import { guardTokens } from './token-guard.js';
 
 export const PROBE = fileURLToPath(new URL('./agent-probe.js', import.meta.url));
@@ -47,10 +47,13 @@ export function spawnProbedAgent(
   t: TestContext,
   env: Record<string, string>,
   name = 'spawned agent',
+  options: SpawnOptions = {},
 ): SpawnedAgent & { probe: (timeoutMs?: number) => Promise<ProbeReport> } {
   const spawned = spawnAgent(
     t,
     agentEnv({ NODE_OPTIONS: `--import=${PROBE} --expose-gc`, RUNNER_TOKEN: TOKEN, REVDIAL_METRICS_ADDR: '127.0.0.1:0', ...env }),
+    [],
+    options,
   );
   guardTokens(`${name} stdout`, () => spawned.logs.raw);
   guardTokens(`${name} stderr`, () => spawned.stderr());

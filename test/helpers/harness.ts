@@ -213,9 +213,17 @@ export interface SpawnedAgent {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+export interface SpawnOptions {
+  /** Start the agent inside this cgroup (`cgroup.procs` path): it enters before exec, so Node sizes its heap to the limit. */
+  cgroupProcs?: string;
+}
+
 /** Runs the real executable (bin/wolf-revdial-client), its stdout parsed as log lines. */
-export function spawnAgent(t: TestContext | undefined, env: NodeJS.ProcessEnv, args: string[] = []): SpawnedAgent {
-  const child = spawn(BIN, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+export function spawnAgent(t: TestContext | undefined, env: NodeJS.ProcessEnv, args: string[] = [], options: SpawnOptions = {}): SpawnedAgent {
+  const child = options.cgroupProcs
+    ? // sh -c SCRIPT $0 $@: the shell moves itself into the cgroup, then becomes the agent (same pid).
+      spawn('/bin/sh', ['-c', 'echo $$ > "$0" && exec "$@"', options.cgroupProcs, BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(BIN, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs = new LogCapture();
   let buffered = '';
   child.stdout?.setEncoding('utf8');
