@@ -144,7 +144,7 @@ measure() {
   ' "$PWD/build/src" "$1" "$2" "$RUNS"
 }
 measure "$PWD/$bin" "$bin"
-measure "$PWD/bin/wolf-revdial-client" "bin/wolf-revdial-client (node + build/)"
+measure "$PWD/bin/wolf-revdial-client" "bin/wolf-revdial-client (node + the build/ bundle)"
 
 if command -v hyperfine >/dev/null; then
   step "process start: --version"
