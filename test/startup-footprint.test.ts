@@ -78,6 +78,10 @@ test('bin/ runs the one-file bundle; an idle agent loads neither proxy agent nor
   if (report.builtins === null) t.diagnostic('process.moduleLoadList is gone in this Node: bundled undici not checked');
   else assert.deepEqual(report.builtins.filter((m) => m.includes('internal/deps/undici')), []);
 
+  // Plain ASCII, so V8 holds the source at one byte per character (scripts/bundle.mjs
+  // escapes what esbuild leaves in dependencies' comments).
+  assert.equal(readFileSync(BUNDLE).findIndex((b) => b > 0x7f), -1, 'the bundle is plain ASCII');
+
   // Inside the bundle: what the agent uses, and not what it would only hold as source text.
   const bundled = bundledFiles();
   for (const used of ['ws/lib/websocket.js', 'pino/pino.js', 'prom-client/lib/registry.js', 'prom-client/lib/defaultMetrics.js']) {
