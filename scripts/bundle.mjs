@@ -5,8 +5,8 @@
 //   node scripts/bundle.mjs <kind> <out> <entry>   another entry (default build/src/main.js)
 //
 // Why a bundle, even where node_modules is at hand: Node's ES module loader
-// and a few hundred module records cost resident memory for the whole life of
-// the agent. An idle agent started from build/src/main.js holds about 71 MiB;
+// and the records of the ~150 modules it loads cost resident memory for the
+// life of the agent. An idle agent started from build/src/main.js holds about 71 MiB;
 // from the `bin` bundle, about 61.5 MiB (issue 6's target is 64).
 //
 // The two kinds differ only in what stays outside:
