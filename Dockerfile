@@ -17,7 +17,7 @@ COPY tsconfig.json ./
 COPY src ./src
 COPY scripts/bundle.mjs ./scripts/
 # tsc, then esbuild: build/wolf-revdial-client.cjs, the agent in one file
-# (about 10 MiB less resident memory than running build/src/main.js).
+# (about 10 MiB less resident memory than running build/src/agent/main.js).
 RUN npm run build
 
 # --- deps: production dependencies only ---------------------------------------

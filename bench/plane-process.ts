@@ -1,7 +1,7 @@
 /**
  * The control-plane side of `npm run bench`, in its own process:
  *
- * - the project's ControlPlane (src/control-plane/server.ts), which the agent
+ * - the project's ControlPlane (dev/control-plane/server.ts), which the agent
  *   under test connects to;
  * - a plain HTTP "tunnel front" on loopback: every request it receives is sent
  *   through `plane.request(runnerId, ...)`, i.e. through a fresh tunnel (a new
@@ -20,8 +20,8 @@ import http, { type IncomingMessage, type OutgoingHttpHeaders, type ServerRespon
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ControlPlane } from '../src/control-plane/server.js';
-import { digestOf, expectedDigest, patternBlock } from '../src/stand-in-wolf.js';
+import { ControlPlane } from '../dev/control-plane/server.js';
+import { digestOf, expectedDigest, patternBlock } from '../dev/stand-in-wolf.js';
 import { serve } from './ipc.js';
 
 const token = process.env.BENCH_TOKEN ?? '';

@@ -5,7 +5,7 @@
  * deployments; tells the parent its address over IPC.
  */
 import http from 'node:http';
-import { StandInWolf } from '../src/stand-in-wolf.js';
+import { StandInWolf } from '../dev/stand-in-wolf.js';
 import { serve } from './ipc.js';
 
 const wolf = new StandInWolf();

@@ -1,12 +1,12 @@
-// Bundles the compiled agent (build/src/main.js) into one CommonJS file.
+// Bundles the compiled agent (build/src/agent/main.js) into one CommonJS file.
 //
 //   node scripts/bundle.mjs bin <out>   what bin/wolf-revdial-client and the container run
 //   node scripts/bundle.mjs sea <out>   what scripts/package.sh puts in the single executable
-//   node scripts/bundle.mjs <kind> <out> <entry>   another entry (default build/src/main.js)
+//   node scripts/bundle.mjs <kind> <out> <entry>   another entry (default build/src/agent/main.js)
 //
 // Why a bundle, even where node_modules is at hand: Node's ES module loader
 // and the records of the ~150 modules it loads cost resident memory for the
-// life of the agent. An idle agent started from build/src/main.js holds about 71 MiB;
+// life of the agent. An idle agent started from build/src/agent/main.js holds about 71 MiB;
 // from the `bin` bundle, about 61.5 MiB (issue 6's target is 64).
 //
 // The two kinds differ only in what stays outside:
@@ -17,21 +17,21 @@
 //   not even hold their source text.
 // - sea: a single executable's `require` reaches built-in modules only, so
 //   everything goes inside. A .node add-on cannot load from the blob: in
-//   bufferutil's place goes build/src/js-mask.js (same interface, masking four
+//   bufferutil's place goes build/src/agent/net/js-mask.js (same interface, masking four
 //   bytes at a time in JavaScript).
 // utf-8-validate stays outside in both: ws validates text in JS without it (the
 // agent only takes binary frames anyway).
 import { readFileSync, writeFileSync } from 'node:fs';
 import { build } from 'esbuild';
 
-const [kind, outfile, entry = 'build/src/main.js'] = process.argv.slice(2);
+const [kind, outfile, entry = 'build/src/agent/main.js'] = process.argv.slice(2);
 const KINDS = {
   bin: { external: ['bufferutil', 'utf-8-validate', 'https-proxy-agent', 'undici'], alias: {} },
-  sea: { external: ['utf-8-validate'], alias: { bufferutil: './build/src/js-mask.js' } },
+  sea: { external: ['utf-8-validate'], alias: { bufferutil: './build/src/agent/net/js-mask.js' } },
 };
 const options = KINDS[kind];
 if (!options || !outfile) {
-  console.error('usage: node scripts/bundle.mjs bin|sea <outfile> [entry]   (after tsc: build/src/main.js must exist)');
+  console.error('usage: node scripts/bundle.mjs bin|sea <outfile> [entry]   (after tsc: build/src/agent/main.js must exist)');
   process.exit(2);
 }
 

@@ -12,7 +12,7 @@
 # 4. systemd-analyze verify on the unit (ExecStart pointed at the built binary),
 #    and systemd-analyze security with a ceiling on the exposure score
 # 5. the embedded control plane carries requests through the packaged executable
-#    (build/src/demo.js --agent-cmd); then, for it and for the node launcher,
+#    (build/dev/demo.js --agent-cmd); then, for it and for the node launcher,
 #    start-to-connected times, each run also carrying one request and exiting 0
 #    on SIGTERM
 # 6. hyperfine: process start cost of --version (if hyperfine is installed)
@@ -88,7 +88,7 @@ awk -v s="$score" -v max="$MAX_EXPOSURE" 'BEGIN { exit !(s <= max) }' \
   || fail "exposure $score is above $MAX_EXPOSURE: the unit lost hardening"
 
 step "packaged executable carries requests through the embedded control plane"
-"$node" build/src/demo.js --agent-cmd "$PWD/$bin" --quiet
+"$node" build/dev/demo.js --agent-cmd "$PWD/$bin" --quiet
 
 step "start to connected, then one request through the tunnel ($RUNS runs each)"
 # Spawn the agent against the project's control plane on loopback, time spawn ->
@@ -141,7 +141,7 @@ measure() {
     ms.sort((a, b) => a - b);
     const f = (v) => v.toFixed(0).padStart(4);
     console.log(`${label.padEnd(44)} median ${f(ms[(ms.length - 1) >> 1])} ms, min ${f(ms[0])} ms, max ${f(ms.at(-1))} ms (n=${ms.length})`);
-  ' "$PWD/build/src" "$1" "$2" "$RUNS"
+  ' "$PWD/build/dev" "$1" "$2" "$RUNS"
 }
 measure "$PWD/$bin" "$bin"
 measure "$PWD/bin/wolf-revdial-client" "bin/wolf-revdial-client (node + the build/ bundle)"

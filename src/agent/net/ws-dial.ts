@@ -1,0 +1,212 @@
+/**
+ * Opens a client WebSocket to the control plane (control or data connection)
+ * and turns every way it can fail into a coded error an operator can act on.
+ */
+import type { Agent as HttpAgent, ClientRequest, IncomingMessage } from 'node:http';
+import { randomFillSync } from 'node:crypto';
+import WebSocket from 'ws';
+import { type Clock, systemClock } from '../clock.js';
+import { safeOrigin } from './endpoints.js';
+import { ErrorCodes, HandshakeRejectedError, RevdialError } from '../errors.js';
+
+/** What every connection to the control plane shares: credentials, TLS, proxy. */
+export interface ControlPlaneTransport {
+  /** Called for each dial, so a rotated token file is picked up on reconnect. */
+  token(): string;
+  userAgent: string;
+  ca?: Buffer | undefined;
+  rejectUnauthorized: boolean;
+  /** An HTTP agent for egress (e.g. an HTTP CONNECT proxy); `undefined` dials directly. */
+  agentFor?: ((url: URL) => HttpAgent | undefined) | undefined;
+}
+
+export interface DialOptions {
+  transport: ControlPlaneTransport;
+  handshakeTimeoutMs: number;
+  maxPayload: number;
+  clock?: Clock;
+  signal?: AbortSignal;
+  /**
+   * Pause the WebSocket the moment it opens, so no message is emitted before
+   * the caller has attached its 'message' listener; the caller must `resume()`.
+   * Without it, bytes the peer sends right behind the 101 (they may even share
+   * its TCP segment) are emitted on the next tick, to no listener, and lost.
+   */
+  pauseOnOpen?: boolean;
+}
+
+const BODY_PREVIEW_BYTES = 256;
+
+const MASK_POOL_BYTES = 8192;
+const maskPool = Buffer.allocUnsafe(MASK_POOL_BYTES);
+let maskOffset = MASK_POOL_BYTES;
+
+/**
+ * ws's own masking keys, drawn from a pool of random bytes the same way,
+ * except that an all-zero key is drawn again: ws sends a frame with a zero
+ * key unmasked by reference instead of copying it into the frame (sender.js
+ * `frame()`), and the bridge relies on that copy (local-dialer
+ * `sharedReadBuffer`). One key in 2^32 is skipped: the keys stay unpredictable.
+ */
+function generateMask(mask: Buffer): void {
+  do {
+    if (maskOffset === MASK_POOL_BYTES) {
+      randomFillSync(maskPool);
+      maskOffset = 0;
+    }
+    maskPool.copy(mask, 0, maskOffset, maskOffset + 4);
+    maskOffset += 4;
+  } while (mask.readUInt32BE(0) === 0);
+}
+
+export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket> {
+  const clock = options.clock ?? systemClock;
+  const { signal, transport } = options;
+  const where = safeOrigin(url);
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const ws = new WebSocket(url, {
+      headers: {
+        Authorization: `Bearer ${transport.token()}`,
+        'User-Agent': transport.userAgent,
+      },
+      // No compression: ws's sender then frames every message synchronously.
+      perMessageDeflate: false,
+      generateMask,
+      // A redirect could carry the Authorization header to another origin.
+      followRedirects: false,
+      maxPayload: options.maxPayload,
+      ca: transport.ca,
+      rejectUnauthorized: transport.rejectUnauthorized,
+      agent: transport.agentFor?.(url),
+    });
+    let failure: unknown;
+
+    const settle = (err: unknown): void => {
+      clock.clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      ws.removeListener('open', onOpen);
+      ws.removeListener('unexpected-response', onUnexpectedResponse);
+      if (err === undefined) {
+        // Never hand out a socket without an 'error' listener: until its new
+        // owner attaches one (or while a pick-up waits for the other leg), an
+        // error from ws, e.g. an invalid frame parsed at close, would crash the process.
+        ws.removeListener('error', onError);
+        ws.on('error', ignoreError);
+        resolve(ws);
+        return;
+      }
+      failure ??= err;
+      // Keep a listener: `terminate()` during the handshake emits one more 'error'.
+      ws.terminate();
+      reject(failure);
+    };
+    const onOpen = (): void => {
+      // Synchronously, before ws starts reading on the next tick.
+      if (options.pauseOnOpen) ws.pause();
+      settle(undefined);
+    };
+    const onError = (err: Error & { code?: string }): void => {
+      if (failure !== undefined) return;
+      // Already coded and naming the right place (the egress proxy, see proxy.ts).
+      if (err instanceof RevdialError) {
+        settle(err);
+        return;
+      }
+      if (isCertificateError(err)) {
+        settle(
+          new RevdialError(
+            ErrorCodes.TLS_UNTRUSTED,
+            `control plane at ${where} presented a certificate this agent does not trust (${err.code}: ${err.message}): for a private CA set --ca-file / REVDIAL_CA_FILE; check the host name in HELIX_API_URL`,
+            { cause: err },
+          ),
+        );
+        return;
+      }
+      settle(
+        new RevdialError(
+          ErrorCodes.CONNECT_FAILED,
+          `cannot reach control plane at ${where} (${err.code ?? err.message}): check HELIX_API_URL, DNS, TLS and the network path`,
+          { cause: err },
+        ),
+      );
+    };
+    const onUnexpectedResponse = (req: ClientRequest, res: IncomingMessage): void => {
+      readPreview(res, clock, (body) => {
+        req.destroy();
+        settle(rejection(where, url, res.statusCode ?? 0, body));
+      });
+    };
+    const onAbort = (): void => settle(signal?.reason);
+    const timer = clock.setTimeout(
+      () =>
+        settle(
+          new RevdialError(
+            ErrorCodes.HANDSHAKE_TIMEOUT,
+            `control plane at ${where} did not complete the WebSocket handshake within ${options.handshakeTimeoutMs} ms`,
+          ),
+        ),
+      options.handshakeTimeoutMs,
+    );
+    ws.on('error', onError);
+    ws.once('open', onOpen);
+    ws.once('unexpected-response', onUnexpectedResponse);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Errors after the hand-over are the new owner's to handle (bridge, session). */
+function ignoreError(): void {}
+
+/** Certificate verification failures from Node's TLS layer (OpenSSL's codes and Node's ERR_TLS_*). */
+function isCertificateError(err: { code?: string }): boolean {
+  const code = err.code ?? '';
+  return /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER/.test(code) || code.startsWith('ERR_TLS_CERT');
+}
+
+function rejection(where: string, url: URL, status: number, body: string): HandshakeRejectedError {
+  const said = body ? `: ${JSON.stringify(body)}` : '';
+  if (status === 401 || status === 403) {
+    return new HandshakeRejectedError(
+      ErrorCodes.AUTH_REJECTED,
+      `RUNNER_TOKEN rejected by ${where} (HTTP ${status})${said}: check the token and that it is valid for this runner id`,
+      status,
+      body,
+    );
+  }
+  return new HandshakeRejectedError(
+    ErrorCodes.HANDSHAKE_REJECTED,
+    `control plane at ${where} refused the WebSocket upgrade for ${url.pathname} (HTTP ${status})${said}`,
+    status,
+    body,
+  );
+}
+
+/** Reads at most a short preview of an error body, never waiting long for it. */
+function readPreview(res: IncomingMessage, clock: Clock, done: (body: string) => void): void {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  let finished = false;
+  const finish = (): void => {
+    if (finished) return;
+    finished = true;
+    clock.clearTimeout(timer);
+    res.removeListener('data', onData);
+    res.removeListener('end', finish);
+    res.removeListener('error', finish);
+    const text = Buffer.concat(chunks).subarray(0, BODY_PREVIEW_BYTES).toString('utf8');
+    done(text.replace(/\s+/g, ' ').trim());
+  };
+  const onData = (chunk: Buffer): void => {
+    chunks.push(chunk);
+    size += chunk.length;
+    if (size >= BODY_PREVIEW_BYTES) finish();
+  };
+  const timer = clock.setTimeout(finish, 1000);
+  res.on('data', onData);
+  res.once('end', finish);
+  res.once('error', finish);
+}

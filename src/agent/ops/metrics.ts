@@ -1,0 +1,263 @@
+/**
+ * Prometheus metrics, fed by the agent's observer hooks (supervisor.ts) and
+ * the registry client's: nothing is polled, so a counter moves exactly when
+ * the event it counts happens. Every label has a small fixed set of values,
+ * all pre-set to 0 so that a series exists before its first event (a rate
+ * over a series that appears late misses its first increase).
+ */
+// The classes one by one, not the package index: see prom-client-lib.d.ts.
+import Counter from 'prom-client/lib/counter.js';
+import collectDefaultMetrics from 'prom-client/lib/defaultMetrics.js';
+import Gauge from 'prom-client/lib/gauge.js';
+import Histogram from 'prom-client/lib/histogram.js';
+import Registry from 'prom-client/lib/registry.js';
+import type { Direction } from '../tunnel/bridge.js';
+import { ErrorCodes } from '../errors.js';
+import type { AgentObserver, TunnelResult } from '../control/supervisor.js';
+import type { PickupTiming } from '../tunnel/pickup.js';
+
+/** Heartbeat and registration outcomes (registry-client.ts). */
+export type RegistryResult = 'ok' | 'not_found' | 'rejected' | 'error';
+export const REGISTRY_RESULTS: readonly RegistryResult[] = ['ok', 'not_found', 'rejected', 'error'];
+
+export interface RegistryObserver {
+  registration?(result: RegistryResult): void;
+  heartbeat?(result: RegistryResult): void;
+  registered?(registered: boolean): void;
+}
+
+// A Record over the union makes the compiler list every TunnelResult here.
+const TUNNEL_RESULTS: Record<TunnelResult, 'tunnel' | 'refusal'> = {
+  ok: 'tunnel',
+  closed_without_traffic: 'tunnel',
+  error: 'tunnel',
+  aborted: 'tunnel',
+  local_dial_failed: 'tunnel',
+  data_dial_failed: 'tunnel',
+  pickup_timeout: 'tunnel',
+  // Refused before a tunnel started: no tunnelStarted() came first.
+  refused_limit: 'refusal',
+  refused_shutdown: 'refusal',
+  invalid_conn_path: 'refusal',
+};
+
+const DIRECTIONS: readonly Direction[] = ['to_local', 'from_local'];
+
+/** Disconnect reasons: error code → label. Anything new lands in `other`. */
+const DISCONNECT_REASONS: Record<string, string> = {
+  [ErrorCodes.PING_TIMEOUT]: 'ping_timeout',
+  [ErrorCodes.CONTROL_CLOSED]: 'closed',
+  [ErrorCodes.SHUTTING_DOWN]: 'shutdown',
+  [ErrorCodes.PROTOCOL_TEXT_FRAME]: 'protocol_error',
+  [ErrorCodes.PROTOCOL_LINE_TOO_LONG]: 'protocol_error',
+  [ErrorCodes.PROTOCOL_INVALID_JSON]: 'protocol_error',
+};
+
+/** Failed connection attempts: error code → label. */
+const ATTEMPT_REASONS: Record<string, string> = {
+  [ErrorCodes.AUTH_REJECTED]: 'auth_rejected',
+  [ErrorCodes.HANDSHAKE_REJECTED]: 'handshake_rejected',
+  [ErrorCodes.HANDSHAKE_TIMEOUT]: 'handshake_timeout',
+  [ErrorCodes.CONNECT_FAILED]: 'connect_failed',
+  [ErrorCodes.PROXY_FAILED]: 'proxy_failed',
+  [ErrorCodes.PROXY_REJECTED]: 'proxy_rejected',
+  [ErrorCodes.CONTROL_UNSTABLE]: 'unstable',
+};
+
+function labelsOf(table: Record<string, string>): string[] {
+  return [...new Set([...Object.values(table), 'other'])];
+}
+
+export interface AgentMetricsOptions {
+  /** Process metrics (CPU, memory, event loop lag, file descriptors). Default true. */
+  defaultMetrics?: boolean;
+}
+
+export class AgentMetrics implements AgentObserver, RegistryObserver {
+  readonly registry = new Registry();
+  readonly #connected: Gauge;
+  readonly #connects: Counter;
+  readonly #disconnects: Counter<'reason'>;
+  readonly #attemptFailures: Counter<'reason'>;
+  readonly #tunnelsActive: Gauge;
+  readonly #tunnels: Counter<'result'>;
+  readonly #bytes: Counter<'direction'>;
+  /** One child per direction, bound once: `bytes` runs for every chunk. */
+  readonly #bytesBy = new Map<Direction, Counter.Internal>();
+  readonly #setup: Histogram;
+  readonly #localDial: Histogram;
+  readonly #heartbeats: Counter<'result'>;
+  readonly #registrations: Counter<'result'>;
+  readonly #registered: Gauge;
+
+  constructor(options: AgentMetricsOptions = {}) {
+    const registers = [this.registry];
+    if (options.defaultMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+    this.#connected = new Gauge({
+      name: 'revdial_control_connected',
+      help: '1 while a control connection to the control plane is up, else 0.',
+      registers,
+    });
+    this.#connects = new Counter({
+      name: 'revdial_control_connects_total',
+      help: 'Control connections established.',
+      registers,
+    });
+    this.#disconnects = new Counter({
+      name: 'revdial_control_disconnects_total',
+      help: 'Control connections lost, by reason.',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.#attemptFailures = new Counter({
+      name: 'revdial_control_connect_failures_total',
+      help: 'Control connection attempts that failed, by reason.',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.#tunnelsActive = new Gauge({
+      name: 'revdial_tunnels_active',
+      help: 'Tunnels open now (pick-ups included).',
+      registers,
+    });
+    this.#tunnels = new Counter({
+      name: 'revdial_tunnels_total',
+      help: 'Tunnels ended, by result: ok carried traffic; the others are failures and refusals.',
+      labelNames: ['result'],
+      registers,
+    });
+    this.#bytes = new Counter({
+      name: 'revdial_tunnel_bytes_total',
+      help: 'Bytes carried by tunnels: to_local toward the Wolf API, from_local back to the control plane.',
+      labelNames: ['direction'],
+      registers,
+    });
+    this.#setup = new Histogram({
+      name: 'revdial_tunnel_setup_seconds',
+      help: 'From conn-ready to both ends of the tunnel connected.',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20],
+      registers,
+    });
+    this.#localDial = new Histogram({
+      name: 'revdial_local_dial_seconds',
+      help: 'Time to connect to the local Wolf API.',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.#heartbeats = new Counter({
+      name: 'revdial_registry_heartbeats_total',
+      help: 'Registry heartbeats, by result (not_found: the control plane lost the instance and it registers again).',
+      labelNames: ['result'],
+      registers,
+    });
+    this.#registrations = new Counter({
+      name: 'revdial_registry_registrations_total',
+      help: 'Registry registration attempts, by result (not_found: the control plane has no registry).',
+      labelNames: ['result'],
+      registers,
+    });
+    this.#registered = new Gauge({
+      name: 'revdial_registry_registered',
+      help: '1 while this instance is registered with the control plane registry, else 0.',
+      registers,
+    });
+
+    this.#connected.set(0);
+    this.#tunnelsActive.set(0);
+    this.#registered.set(0);
+    for (const reason of labelsOf(DISCONNECT_REASONS)) this.#disconnects.inc({ reason }, 0);
+    for (const reason of labelsOf(ATTEMPT_REASONS)) this.#attemptFailures.inc({ reason }, 0);
+    for (const result of Object.keys(TUNNEL_RESULTS)) this.#tunnels.inc({ result }, 0);
+    for (const direction of DIRECTIONS) {
+      const child = this.#bytes.labels({ direction });
+      child.inc(0);
+      this.#bytesBy.set(direction, child);
+    }
+    for (const result of REGISTRY_RESULTS) {
+      this.#heartbeats.inc({ result }, 0);
+      this.#registrations.inc({ result }, 0);
+    }
+  }
+
+  /** The Prometheus text exposition, and its content type. */
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+
+  controlConnected(): void {
+    this.#connected.set(1);
+    this.#connects.inc();
+  }
+
+  controlDisconnected(code: string): void {
+    this.#connected.set(0);
+    this.#disconnects.inc({ reason: DISCONNECT_REASONS[code] ?? 'other' });
+  }
+
+  controlAttemptFailed(code: string): void {
+    this.#attemptFailures.inc({ reason: ATTEMPT_REASONS[code] ?? 'other' });
+  }
+
+  tunnelStarted(): void {
+    this.#tunnelsActive.inc();
+  }
+
+  tunnelSetUp(timing: PickupTiming): void {
+    this.#setup.observe(timing.setupMs / 1000);
+    if (timing.localDialMs !== undefined) this.#localDial.observe(timing.localDialMs / 1000);
+  }
+
+  tunnelEnded(result: TunnelResult): void {
+    const kind = TUNNEL_RESULTS[result];
+    this.#tunnels.inc({ result: kind === undefined ? 'error' : result });
+    if (kind !== 'refusal') this.#tunnelsActive.dec();
+  }
+
+  bytes(direction: Direction, count: number): void {
+    this.#bytesBy.get(direction)?.inc(count);
+  }
+
+  registration(result: RegistryResult): void {
+    this.#registrations.inc({ result });
+  }
+
+  heartbeat(result: RegistryResult): void {
+    this.#heartbeats.inc({ result });
+  }
+
+  registered(registered: boolean): void {
+    this.#registered.set(registered ? 1 : 0);
+  }
+}
+
+const AGENT_HOOKS = [
+  'controlConnected',
+  'controlDisconnected',
+  'controlAttemptFailed',
+  'tunnelStarted',
+  'tunnelSetUp',
+  'tunnelEnded',
+  'bytes',
+] as const satisfies readonly (keyof AgentObserver)[];
+
+/**
+ * One observer that calls several (metrics plus a test's own, say). A hook
+ * that throws is contained: observers must never break the agent.
+ */
+export function fanOut(...observers: AgentObserver[]): AgentObserver {
+  const out: Record<string, (...args: unknown[]) => void> = {};
+  for (const hook of AGENT_HOOKS) {
+    const targets = observers.filter((o) => typeof o[hook] === 'function');
+    if (targets.length === 0) continue;
+    out[hook] = (...args: unknown[]): void => {
+      for (const o of targets) {
+        try {
+          (o[hook] as (...a: unknown[]) => void).apply(o, args);
+        } catch {
+          /* an observer must not break the agent */
+        }
+      }
+    };
+  }
+  return out as AgentObserver;
+}

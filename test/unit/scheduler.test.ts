@@ -1,0 +1,201 @@
+/**
+ * The least-loaded scheduler and the sandbox bookkeeping, without sockets:
+ * even spread, GPU filtering, capacity, load ratio, failover and counts.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { type RegisterInput, Registry, type WolfInstance } from '../../dev/control-plane/registry.js';
+import { Sandboxes, type TunnelClient } from '../../dev/control-plane/sandboxes.js';
+import { NoInstanceAvailableError, selectInstance } from '../../dev/control-plane/scheduler.js';
+import { FakeClock } from '../helpers/control-plane.js';
+
+const noTunnels: TunnelClient = {
+  request: () => Promise.reject(new Error('no tunnels in this test')),
+};
+
+function setup(...wolves: RegisterInput[]) {
+  const clock = new FakeClock();
+  const registry = new Registry({ clock });
+  const ids = wolves.map((w) => registry.register(w).id);
+  const sandboxes = new Sandboxes({ registry, tunnels: noTunnels, clock });
+  const counts = (): Record<string, number> =>
+    Object.fromEntries(registry.list().map((i) => [i.name, i.connected_sandboxes]));
+  return { clock, registry, sandboxes, ids, counts };
+}
+
+function codeOf(fn: () => unknown): string | undefined {
+  try {
+    fn();
+  } catch (err) {
+    return (err as { code?: string }).code;
+  }
+  return undefined;
+}
+
+test('20 sandboxes over 3 equal Wolfs: no instance more than one above another, after every create', () => {
+  const { sandboxes, counts, registry } = setup(
+    { name: 'a', max_sandboxes: 10 },
+    { name: 'b', max_sandboxes: 10 },
+    { name: 'c', max_sandboxes: 10 },
+  );
+  for (let n = 1; n <= 20; n++) {
+    sandboxes.create();
+    const values = Object.values(counts());
+    assert.ok(Math.max(...values) - Math.min(...values) <= 1, `after ${n}: ${JSON.stringify(counts())}`);
+    assert.equal(values.reduce((x, y) => x + y, 0), n);
+  }
+  assert.deepEqual(Object.values(counts()).sort(), [6, 7, 7]);
+  // The records agree with the registry's counts.
+  assert.deepEqual(sandboxes.spread(), counts());
+  assert.equal(registry.list().length, 3);
+});
+
+test('unequal capacity: the lowest connected/max ratio wins, so load follows capacity', () => {
+  const { sandboxes, counts } = setup({ name: 'big', max_sandboxes: 10 }, { name: 'small', max_sandboxes: 5 });
+  for (let n = 0; n < 9; n++) sandboxes.create();
+  assert.deepEqual(counts(), { big: 6, small: 3 });
+  for (let n = 0; n < 6; n++) sandboxes.create();
+  assert.deepEqual(counts(), { big: 10, small: 5 });
+});
+
+test('capacity is respected: creates beyond the total fail with REVDIAL_NO_INSTANCE_AVAILABLE', () => {
+  const { sandboxes, counts } = setup({ name: 'a', max_sandboxes: 2 }, { name: 'b', max_sandboxes: 3 });
+  for (let n = 0; n < 5; n++) sandboxes.create();
+  assert.deepEqual(counts(), { a: 2, b: 3 });
+  let caught: unknown;
+  try {
+    sandboxes.create();
+  } catch (err) {
+    caught = err;
+  }
+  assert.ok(caught instanceof NoInstanceAvailableError);
+  assert.equal(caught.code, 'REVDIAL_NO_INSTANCE_AVAILABLE');
+  assert.deepEqual(caught.details, { gpuType: null, registered: 2, online: 2, matchingGpu: 2, withCapacity: 0 });
+  assert.deepEqual(counts(), { a: 2, b: 3 });
+  assert.equal(sandboxes.list().length, 5);
+});
+
+test('GPU filtering: a requested type only lands on matching Wolfs (any case); no match is a coded error', () => {
+  const { sandboxes, registry } = setup(
+    { name: 'n1', gpu_type: 'nvidia', max_sandboxes: 4 },
+    { name: 'a1', gpu_type: 'amd', max_sandboxes: 4 },
+    { name: 'n2', gpu_type: 'NVIDIA', max_sandboxes: 4 },
+    { name: 'cpu', gpu_type: 'none', max_sandboxes: 4 },
+  );
+  for (let n = 0; n < 6; n++) {
+    const s = sandboxes.create({ gpuType: n % 2 ? 'nvidia' : 'Nvidia' });
+    assert.ok(['n1', 'n2'].includes(s.instance_name), s.instance_name);
+    assert.equal(s.gpu_type, 'nvidia');
+  }
+  assert.equal(sandboxes.create({ gpuType: 'amd' }).instance_name, 'a1');
+  assert.equal(sandboxes.create({ gpuType: 'none' }).instance_name, 'cpu');
+  assert.equal(codeOf(() => sandboxes.create({ gpuType: 'tpu' })), 'REVDIAL_NO_INSTANCE_AVAILABLE');
+  // Two more nvidia fill n1 and n2 (4 each); the next nvidia one has nowhere to go,
+  // though amd and cpu Wolfs still have room.
+  sandboxes.create({ gpuType: 'nvidia' });
+  sandboxes.create({ gpuType: 'nvidia' });
+  let caught: unknown;
+  try {
+    sandboxes.create({ gpuType: 'nvidia' });
+  } catch (err) {
+    caught = err;
+  }
+  assert.ok(caught instanceof NoInstanceAvailableError);
+  assert.deepEqual(caught.details, { gpuType: 'nvidia', registered: 4, online: 4, matchingGpu: 2, withCapacity: 0 });
+  // No type asked: any Wolf with room.
+  assert.ok(['a1', 'cpu'].includes(sandboxes.create().instance_name));
+  assert.equal(registry.findByName('n1')?.connected_sandboxes, 4);
+});
+
+test('only online instances are chosen; offline and degraded are skipped', () => {
+  const { registry, ids } = setup({ name: 'a' }, { name: 'b' }, { name: 'c' });
+  const [a, b, c] = ids as [string, string, string];
+  registry.setStatus(a, 'offline', 'test');
+  registry.setStatus(b, 'degraded', 'test');
+  assert.equal(selectInstance(registry.list()).id, c);
+  registry.setStatus(c, 'offline', 'test');
+  let caught: unknown;
+  try {
+    selectInstance(registry.list());
+  } catch (err) {
+    caught = err;
+  }
+  assert.ok(caught instanceof NoInstanceAvailableError);
+  assert.equal(caught.details.online, 0);
+  assert.equal(codeOf(() => selectInstance([])), 'REVDIAL_NO_INSTANCE_AVAILABLE');
+});
+
+test('failover: once an instance is offline every new sandbox goes to the others, spread evenly', () => {
+  const { sandboxes, registry, ids, counts } = setup({ name: 'a' }, { name: 'b' }, { name: 'c' });
+  for (let n = 0; n < 6; n++) sandboxes.create();
+  assert.deepEqual(counts(), { a: 2, b: 2, c: 2 });
+  registry.setStatus(ids[1] as string, 'offline', 'test');
+  const placed = Array.from({ length: 6 }, () => sandboxes.create().instance_name);
+  assert.ok(!placed.includes('b'), placed.join(','));
+  assert.deepEqual(counts(), { a: 5, b: 2, c: 5 });
+});
+
+test('destroying every sandbox brings every count back to zero; unknown ids are REVDIAL_SANDBOX_NOT_FOUND', () => {
+  const { sandboxes, registry, ids, counts } = setup(
+    { name: 'a', max_sandboxes: 7 },
+    { name: 'b', max_sandboxes: 7 },
+    { name: 'c', max_sandboxes: 7 },
+  );
+  const made = Array.from({ length: 20 }, () => sandboxes.create());
+  // An instance going away while it holds sandboxes does not break destroy.
+  registry.setStatus(ids[2] as string, 'offline', 'test');
+  for (const s of made.slice(0, 10)) sandboxes.destroy(s.id);
+  for (const s of made.slice(10, 15)) sandboxes.create() && sandboxes.destroy(s.id);
+  for (const s of sandboxes.list()) sandboxes.destroy(s.id);
+  assert.deepEqual(counts(), { a: 0, b: 0, c: 0 });
+  assert.equal(sandboxes.list().length, 0);
+  assert.equal(codeOf(() => sandboxes.destroy(made[0]?.id ?? '')), 'REVDIAL_SANDBOX_NOT_FOUND');
+  assert.deepEqual(counts(), { a: 0, b: 0, c: 0 });
+});
+
+test('a deregistered holder: its sandboxes can still be destroyed, requests fail REVDIAL_SANDBOX_UNREACHABLE', async () => {
+  const { sandboxes, registry, ids } = setup({ name: 'a' });
+  const s = sandboxes.create();
+  registry.deregister(ids[0] as string);
+  await assert.rejects(sandboxes.request(s.id, { path: '/api/v1/system/health' }), { code: 'REVDIAL_SANDBOX_UNREACHABLE' });
+  await assert.rejects(sandboxes.request('sbx-nope', { path: '/' }), { code: 'REVDIAL_SANDBOX_NOT_FOUND' });
+  assert.equal(sandboxes.destroy(s.id).id, s.id);
+  assert.equal(sandboxes.list().length, 0);
+});
+
+test('requests go to the holder\'s runner id; tunnel failures become REVDIAL_SANDBOX_UNREACHABLE with the cause', async () => {
+  const asked: string[] = [];
+  const clock = new FakeClock();
+  const registry = new Registry({ clock });
+  registry.register({ name: 'a' });
+  registry.register({ name: 'b' });
+  const failure = Object.assign(new Error('runner not connected'), { code: 'DIALER_CLOSED' });
+  const sandboxes = new Sandboxes({
+    registry,
+    clock,
+    tunnels: {
+      request: (runnerId) => {
+        asked.push(runnerId);
+        return Promise.reject(failure);
+      },
+    },
+  });
+  const s1 = sandboxes.create();
+  const s2 = sandboxes.create();
+  for (const s of [s1, s2]) {
+    const err = await sandboxes.request(s.id, { path: '/' }).catch((e: unknown) => e);
+    assert.equal((err as { code?: string }).code, 'REVDIAL_SANDBOX_UNREACHABLE');
+    assert.equal((err as { cause?: unknown }).cause, failure);
+  }
+  assert.deepEqual(asked, ['wolf-a', 'wolf-b']);
+});
+
+test('a sandbox record names its holder', () => {
+  const { sandboxes, registry } = setup({ name: 'gpu-box', gpu_type: 'nvidia' });
+  const s = sandboxes.create();
+  const holder = registry.get(s.instance_id) as WolfInstance;
+  assert.equal(holder.name, 'gpu-box');
+  assert.equal(s.runner_id, 'wolf-gpu-box');
+  assert.match(s.id, /^sbx-[0-9a-f]{16}$/);
+  assert.deepEqual(sandboxes.get(s.id), s);
+});
