@@ -65,18 +65,50 @@ step "systemd-analyze verify"
 # verify refuses a unit whose ExecStart binary does not exist, and the binary is
 # installed to /usr/local/bin only on real hosts: check a copy that points at the
 # binary just built. Everything else in the unit is checked as shipped.
-sed "s#^ExecStart=/usr/local/bin/wolf-revdial-client\$#ExecStart=$PWD/$bin#" "$unit" >"$work/wolf-revdial-client.service"
-grep -q "^ExecStart=$PWD/$bin\$" "$work/wolf-revdial-client.service" \
-  || fail "$unit: expected ExecStart=/usr/local/bin/wolf-revdial-client"
-# verify exits 0 on unknown keys and only warns, so any output is a failure, except
-# the two restart back-off keys that systemd < 254 does not know yet.
+# verify exits 0 on unknown keys and only warns, so any output at all is a failure.
 systemd_version="$(systemd-analyze --version | sed -n 's/^systemd \([0-9]*\).*/\1/p')"
-verify_out="$(systemd-analyze verify "$work/wolf-revdial-client.service" 2>&1)" || { echo "$verify_out"; fail "systemd-analyze verify"; }
-if [ "$systemd_version" -lt 254 ]; then
-  verify_out="$(printf '%s\n' "$verify_out" | grep -Ev "Unknown key '(RestartSteps|RestartMaxDelaySec)' in section \[Service\], ignoring\.$" || true)"
-fi
-[ -z "$verify_out" ] || { echo "$verify_out"; fail "systemd-analyze verify printed warnings"; }
-echo "ok (systemd $systemd_version)"
+[ -n "$systemd_version" ] || fail "cannot read the systemd version from systemd-analyze --version"
+# The version-dependent keys live in drop-ins installed on newer systemd only
+# (systemd/<unit>.d/*.conf, each naming its minimum version in MIN_SYSTEMD).
+declare -A MIN_SYSTEMD=([restart-backoff.conf]=254)
+# verify_unit UNIT: the unit alone must verify silently on this systemd; each of
+# its drop-ins must verify silently on the versions it is meant for, and below
+# those print nothing but "Unknown key" for its own keys (so it is really read,
+# and the unit without it is what older systemd gets).
+verify_unit() {
+  local unit=$1 name dir out dropin conf keys
+  name="$(basename "$unit")"
+  dir="$work/verify-$name"
+  mkdir -p "$dir"
+  sed "s#^ExecStart=/usr/local/bin/wolf-revdial-client\$#ExecStart=$PWD/$bin#" "$unit" >"$dir/$name"
+  grep -q "^ExecStart=$PWD/$bin\$" "$dir/$name" || fail "$unit: expected ExecStart=/usr/local/bin/wolf-revdial-client"
+  out="$(systemd-analyze verify "$dir/$name" 2>&1)" || { echo "$out"; fail "systemd-analyze verify $unit"; }
+  [ -z "$out" ] || { echo "$out"; fail "systemd-analyze verify $unit printed warnings on systemd $systemd_version"; }
+  echo "ok: $unit (systemd $systemd_version)"
+  for dropin in "$unit.d"/*.conf; do
+    [ -e "$dropin" ] || continue
+    conf="$(basename "$dropin")"
+    [ -n "${MIN_SYSTEMD[$conf]:-}" ] || fail "$dropin: add its minimum systemd version to MIN_SYSTEMD in $0"
+    mkdir -p "$dir/$name.d"
+    cp "$dropin" "$dir/$name.d/"
+    out="$(systemd-analyze verify "$dir/$name" 2>&1)" || { echo "$out"; fail "systemd-analyze verify $unit + $dropin"; }
+    if [ "$systemd_version" -ge "${MIN_SYSTEMD[$conf]}" ]; then
+      [ -z "$out" ] || { echo "$out"; fail "systemd-analyze verify $unit + $dropin printed warnings"; }
+      echo "ok: $dropin verified (systemd $systemd_version)"
+    else
+      keys="$(sed -n 's/^\([A-Za-z]*\)=.*/\1/p' "$dropin" | sort)"
+      if printf '%s\n' "$out" | grep -Ev "^$dir/$name.d/$conf:[0-9]+: Unknown key '[A-Za-z]+' in section \[Service\], ignoring\.\$" | grep -q .; then
+        echo "$out"; fail "$dropin: systemd $systemd_version printed more than unknown-key warnings for it"
+      fi
+      [ "$(printf '%s\n' "$out" | sed -n "s/.*Unknown key '\([A-Za-z]*\)'.*/\1/p" | sort)" = "$keys" ] \
+        || { echo "$out"; fail "$dropin: expected systemd $systemd_version to read it and not know exactly its keys ($(echo "$keys" | tr '\n' ' '))"; }
+      echo "ok: $dropin is for systemd ${MIN_SYSTEMD[$conf]}+; systemd $systemd_version reads it and knows none of its keys, as expected"
+    fi
+    rm -r "${dir:?}/$name.d"
+  done
+}
+verify_unit "$unit"
+cp "$work/verify-$(basename "$unit")/$(basename "$unit")" "$work/wolf-revdial-client.service"
 
 step "systemd-analyze security"
 systemd-analyze security --offline=true "$work/wolf-revdial-client.service" 2>/dev/null >"$work/security.txt" || true
