@@ -85,19 +85,25 @@ const tunnelFront = http.createServer((req, res) => {
         ...(body ? { body } : {}),
       }),
     )
-    .then((upstream) => relay(upstream, res), (err: unknown) => fail(res, err));
+    .then(
+      (upstream) => relay(upstream, res),
+      (err: unknown) => fail(res, err),
+    );
 });
 
 /** One fresh connection straight to Wolf per request: the same proxy, no tunnel. */
 const directFront = http.createServer((req, res) => {
-  bodyOf(req).then((body) => {
-    const headers: Record<string, string> = { ...forwardHeaders(req.headers), host: 'wolf' };
-    if (body) headers['content-length'] = String(body.length);
-    const up = http.request({ ...wolfTarget, method: req.method, path: req.url, headers, agent: false });
-    up.once('response', (upstream) => relay(upstream, res));
-    up.once('error', (err) => fail(res, err));
-    up.end(body);
-  }, (err: unknown) => fail(res, err));
+  bodyOf(req).then(
+    (body) => {
+      const headers: Record<string, string> = { ...forwardHeaders(req.headers), host: 'wolf' };
+      if (body) headers['content-length'] = String(body.length);
+      const up = http.request({ ...wolfTarget, method: req.method, path: req.url, headers, agent: false });
+      up.once('response', (upstream) => relay(upstream, res));
+      up.once('error', (err) => fail(res, err));
+      up.end(body);
+    },
+    (err: unknown) => fail(res, err),
+  );
 });
 
 for (const s of [tunnelFront, directFront]) {

@@ -67,7 +67,18 @@ interface Options {
 function parseArgs(argv: string[]): Options {
   const smoke = argv.includes('--smoke');
   const o: Options = smoke
-    ? { smoke, runs: 1, durationS: 2, concurrency: [1, 32, 128], bulkBytes: 128 * MiB, idleTunnels: 1000, startRuns: 3, cpuProf: false, dist: false, wolfTcp: false }
+    ? {
+        smoke,
+        runs: 1,
+        durationS: 2,
+        concurrency: [1, 32, 128],
+        bulkBytes: 128 * MiB,
+        idleTunnels: 1000,
+        startRuns: 3,
+        cpuProf: false,
+        dist: false,
+        wolfTcp: false,
+      }
     : { smoke, runs: 3, durationS: 6, concurrency: [1, 32, 128], bulkBytes: GiB, idleTunnels: 1000, startRuns: 7, cpuProf: false, dist: false, wolfTcp: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -277,7 +288,11 @@ function printTable(): void {
   ]);
   const head = ['section', 'figure', 'tunnel/agent (median)', 'without tunnel', 'ratio', 'noise', 'target'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] as string).length)));
-  const line = (r: string[]): string => r.map((c, i) => c.padEnd(widths[i] as number)).join('  ').trimEnd();
+  const line = (r: string[]): string =>
+    r
+      .map((c, i) => c.padEnd(widths[i] as number))
+      .join('  ')
+      .trimEnd();
   console.log(`\n${line(head)}\n${widths.map((w) => '-'.repeat(w)).join('  ')}`);
   for (const r of rows) console.log(line(r));
 }
@@ -403,15 +418,23 @@ async function main(): Promise<void> {
   const path = '/api/v1/system/health';
   say(`warm-up: ${path} through each path`);
   for (const url of [wolfUrl, directFront, tunnelFront]) await wrk(script, `${url}${path}`, 8, 1);
-  const rate: Record<string, Record<number, { rps: number[]; p50: number[]; p99: number[]; agentCpuPerReq: number[]; agentSysPerReq: number[]; wolfCpuPerReq: number[] }>> = {};
+  const rate: Record<
+    string,
+    Record<number, { rps: number[]; p50: number[]; p99: number[]; agentCpuPerReq: number[]; agentSysPerReq: number[]; wolfCpuPerReq: number[] }>
+  > = {};
   for (const target of ['wolf', 'proxy', 'tunnel']) {
     rate[target] = {};
-    for (const c of o.concurrency) (rate[target] as Record<number, unknown>)[c] = { rps: [], p50: [], p99: [], agentCpuPerReq: [], agentSysPerReq: [], wolfCpuPerReq: [] };
+    for (const c of o.concurrency)
+      (rate[target] as Record<number, unknown>)[c] = { rps: [], p50: [], p99: [], agentCpuPerReq: [], agentSysPerReq: [], wolfCpuPerReq: [] };
   }
   for (let run = 0; run < o.runs; run++) {
     for (const c of o.concurrency) {
       // Interleaved, so drift on a shared machine hits every path alike.
-      for (const [target, url] of [['wolf', wolfUrl], ['proxy', directFront], ['tunnel', tunnelFront]] as const) {
+      for (const [target, url] of [
+        ['wolf', wolfUrl],
+        ['proxy', directFront],
+        ['tunnel', tunnelFront],
+      ] as const) {
         const a0 = cpuSeconds(agent.pid);
         const s0 = cpuSplit(agent.pid);
         const w0 = cpuSeconds(wolfPid);
@@ -428,7 +451,9 @@ async function main(): Promise<void> {
         slot.agentCpuPerReq.push((agentCpu / r.requests) * 1e6);
         slot.agentSysPerReq.push(((s1.sys - s0.sys) / r.requests) * 1e6);
         slot.wolfCpuPerReq.push((wolfCpu / r.requests) * 1e6);
-        say(`run ${run + 1}/${o.runs} c=${c} ${target}: ${(r.requests / (r.durationUs / 1e6)).toFixed(0)} req/s, p50 ${(r.p50Us / 1000).toFixed(2)} ms, p99 ${(r.p99Us / 1000).toFixed(2)} ms${target === 'tunnel' ? `, agent ${((agentCpu / r.requests) * 1e6).toFixed(0)} µs CPU/tunnel (user ${(((s1.user - s0.user) / r.requests) * 1e6).toFixed(0)}, sys ${(((s1.sys - s0.sys) / r.requests) * 1e6).toFixed(0)})` : ''}`);
+        say(
+          `run ${run + 1}/${o.runs} c=${c} ${target}: ${(r.requests / (r.durationUs / 1e6)).toFixed(0)} req/s, p50 ${(r.p50Us / 1000).toFixed(2)} ms, p99 ${(r.p99Us / 1000).toFixed(2)} ms${target === 'tunnel' ? `, agent ${((agentCpu / r.requests) * 1e6).toFixed(0)} µs CPU/tunnel (user ${(((s1.user - s0.user) / r.requests) * 1e6).toFixed(0)}, sys ${(((s1.sys - s0.sys) / r.requests) * 1e6).toFixed(0)})` : ''}`,
+        );
       }
     }
   }
@@ -438,14 +463,38 @@ async function main(): Promise<void> {
     const w = rate.wolf?.[c];
     const p = rate.proxy?.[c];
     if (!t || !w || !p) continue;
-    figure({ section: `GET c=${c}`, name: 'requests/s', unit: 'req/s', runs: t.rps, directRuns: w.rps, directLabel: 'wolf', higherIsBetter: true, ...(c === 32 ? { target: 2500 } : {}) });
+    figure({
+      section: `GET c=${c}`,
+      name: 'requests/s',
+      unit: 'req/s',
+      runs: t.rps,
+      directRuns: w.rps,
+      directLabel: 'wolf',
+      higherIsBetter: true,
+      ...(c === 32 ? { target: 2500 } : {}),
+    });
     figure({ section: `GET c=${c}`, name: 'requests/s vs same proxy without tunnel', unit: 'req/s', runs: t.rps, directRuns: p.rps, directLabel: 'proxy' });
     figure({ section: `GET c=${c}`, name: 'p50', unit: 'ms', runs: t.p50, directRuns: w.p50, directLabel: 'wolf' });
     // The tunnel's own latency: the same proxy over a fresh TCP connection instead of a tunnel.
     const added = t.p50.map((v, i) => v - (p.p50[i] ?? Number.NaN));
-    figure({ section: `GET c=${c}`, name: 'p50 added by the tunnel', unit: 'ms', runs: added, ...(c === 1 ? { target: 1 } : {}), note: 'tunnel front minus proxy front, same run' });
+    figure({
+      section: `GET c=${c}`,
+      name: 'p50 added by the tunnel',
+      unit: 'ms',
+      runs: added,
+      ...(c === 1 ? { target: 1 } : {}),
+      note: 'tunnel front minus proxy front, same run',
+    });
     figure({ section: `GET c=${c}`, name: 'p99', unit: 'ms', runs: t.p99, directRuns: w.p99, directLabel: 'wolf', ...(c === 32 ? { target: 26 } : {}) });
-    figure({ section: `GET c=${c}`, name: 'agent CPU per tunnel', unit: 'µs', runs: t.agentCpuPerReq, directRuns: w.wolfCpuPerReq, directLabel: 'wolf CPU/req direct', target: 200 });
+    figure({
+      section: `GET c=${c}`,
+      name: 'agent CPU per tunnel',
+      unit: 'µs',
+      runs: t.agentCpuPerReq,
+      directRuns: w.wolfCpuPerReq,
+      directLabel: 'wolf CPU/req direct',
+      target: 200,
+    });
     figure({ section: `GET c=${c}`, name: 'agent CPU per tunnel, kernel part', unit: 'µs', runs: t.agentSysPerReq, note: KERNEL_NOTE });
   }
 
@@ -482,13 +531,31 @@ async function main(): Promise<void> {
           directMbps.push(rate);
           wolfCpuPerGiB.push(wolfCpu / (r.bytes / GiB));
         }
-        say(`bulk ${direction} ${bulkMiB} MiB ${via} run ${run + 1}: ${rate.toFixed(0)} MiB/s, sha256 ok${via === 'tunnel' ? `, agent ${(agentCpu / (r.bytes / GiB)).toFixed(2)} CPU-s/GiB (user ${((s1.user - s0.user) / (r.bytes / GiB)).toFixed(2)}, sys ${((s1.sys - s0.sys) / (r.bytes / GiB)).toFixed(2)})` : ''}`);
+        say(
+          `bulk ${direction} ${bulkMiB} MiB ${via} run ${run + 1}: ${rate.toFixed(0)} MiB/s, sha256 ok${via === 'tunnel' ? `, agent ${(agentCpu / (r.bytes / GiB)).toFixed(2)} CPU-s/GiB (user ${((s1.user - s0.user) / (r.bytes / GiB)).toFixed(2)}, sys ${((s1.sys - s0.sys) / (r.bytes / GiB)).toFixed(2)})` : ''}`,
+        );
       }
     }
     checks.push(`bulk ${direction}: ${o.runs * 2} transfers of ${bulkMiB} MiB, sha256 verified`);
     const label = direction === 'down' ? 'download' : 'upload';
-    figure({ section: `bulk ${label}`, name: `${bulkMiB} MiB throughput`, unit: 'MiB/s', runs: mbps, directRuns: directMbps, directLabel: 'wolf', higherIsBetter: true });
-    figure({ section: `bulk ${label}`, name: 'agent CPU per GiB', unit: 'CPU-s', runs: cpuPerGiB, directRuns: wolfCpuPerGiB, directLabel: 'wolf CPU/GiB direct', target: 1.0 });
+    figure({
+      section: `bulk ${label}`,
+      name: `${bulkMiB} MiB throughput`,
+      unit: 'MiB/s',
+      runs: mbps,
+      directRuns: directMbps,
+      directLabel: 'wolf',
+      higherIsBetter: true,
+    });
+    figure({
+      section: `bulk ${label}`,
+      name: 'agent CPU per GiB',
+      unit: 'CPU-s',
+      runs: cpuPerGiB,
+      directRuns: wolfCpuPerGiB,
+      directLabel: 'wolf CPU/GiB direct',
+      target: 1.0,
+    });
     figure({ section: `bulk ${label}`, name: 'agent CPU per GiB, kernel part', unit: 'CPU-s', runs: sysPerGiB, note: KERNEL_NOTE });
   }
 
@@ -498,7 +565,6 @@ async function main(): Promise<void> {
   await new Promise((r) => setTimeout(r, 2000));
   figure({ section: 'memory', name: 'RSS idle 2 s after the load', unit: 'MiB', runs: [rssMiB(agent.pid)] });
   figure({ section: 'memory', name: 'RSS idle 2 s after the load, anonymous part', unit: 'MiB', runs: [rssAnonMiB(agent.pid)] });
-
 
   // -- 5. start to connected, beside a bare `node -e 0` start to exit.
   // The first start of each executable also gives its idle RSS, taken as for the main agent.
@@ -524,12 +590,42 @@ async function main(): Promise<void> {
     bareStart.push(Number(process.hrtime.bigint() - s) / 1e6);
   }
   const binStart = await startTimes(BIN);
-  figure({ section: 'start', name: 'bin/wolf-revdial-client start to connected', unit: 'ms', runs: binStart.times, directRuns: bareStart, directLabel: 'node -e 0', target: 300 });
-  figure({ section: 'start', name: 'bin/wolf-revdial-client RSS idle', unit: 'MiB', runs: [binStart.rssIdle], target: 64, note: 'first start, 1 s after connecting' });
+  figure({
+    section: 'start',
+    name: 'bin/wolf-revdial-client start to connected',
+    unit: 'ms',
+    runs: binStart.times,
+    directRuns: bareStart,
+    directLabel: 'node -e 0',
+    target: 300,
+  });
+  figure({
+    section: 'start',
+    name: 'bin/wolf-revdial-client RSS idle',
+    unit: 'MiB',
+    runs: [binStart.rssIdle],
+    target: 64,
+    note: 'first start, 1 s after connecting',
+  });
   if (dist) {
     const distStart = await startTimes(dist);
-    figure({ section: 'start', name: 'dist/wolf-revdial-client start to connected', unit: 'ms', runs: distStart.times, directRuns: bareStart, directLabel: 'node -e 0', target: 300 });
-    figure({ section: 'start', name: 'dist/wolf-revdial-client RSS idle', unit: 'MiB', runs: [distStart.rssIdle], target: 64, note: 'first start, 1 s after connecting' });
+    figure({
+      section: 'start',
+      name: 'dist/wolf-revdial-client start to connected',
+      unit: 'ms',
+      runs: distStart.times,
+      directRuns: bareStart,
+      directLabel: 'node -e 0',
+      target: 300,
+    });
+    figure({
+      section: 'start',
+      name: 'dist/wolf-revdial-client RSS idle',
+      unit: 'MiB',
+      runs: [distStart.rssIdle],
+      target: 64,
+      note: 'first start, 1 s after connecting',
+    });
   }
   checks.push(`start: ${o.startRuns} starts per executable connected and exited 0 on SIGTERM`);
 
@@ -551,7 +647,9 @@ async function main(): Promise<void> {
   const file = join(RESULTS, `${o.smoke ? 'smoke' : 'bench'}-${result.when.replace(/[:.]/g, '-')}.json`);
   writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
   console.log(`\nchecks: ${checks.join('; ')}`);
-  console.log(`load average (1 min) at start/end: ${loads.map((l) => l.toFixed(2)).join(' / ')}; noise = ±half the spread (max-min)/median over ${o.runs} run(s)`);
+  console.log(
+    `load average (1 min) at start/end: ${loads.map((l) => l.toFixed(2)).join(' / ')}; noise = ±half the spread (max-min)/median over ${o.runs} run(s)`,
+  );
   console.log(`written ${file} in ${result.seconds.toFixed(0)} s`);
   if (o.cpuProf) console.log(`agent CPU profile under ${profDir}`);
   rmSync(tmp, { recursive: true, force: true });

@@ -175,7 +175,17 @@ async function run(): Promise<boolean> {
         LOG_LEVEL: 'info',
         REVDIAL_METRICS_ADDR: '127.0.0.1:0',
       });
-      const flags = ['--register', '--gpu-type', n.gpu, '--max-sandboxes', String(max), '--heartbeat-interval', String(HEARTBEAT_S), '--advertise-address', n.local];
+      const flags = [
+        '--register',
+        '--gpu-type',
+        n.gpu,
+        '--max-sandboxes',
+        String(max),
+        '--heartbeat-interval',
+        String(HEARTBEAT_S),
+        '--advertise-address',
+        n.local,
+      ];
       const connected = fleet.plane.waitForRunner(n.runnerId, WAIT_MS);
       const agent = spawn(agentCmd, flags, { env, stdio: ['ignore', 'pipe', 'inherit'] });
       n.agent = agent;
@@ -225,7 +235,10 @@ async function run(): Promise<boolean> {
     // 3. GPU filter.
     const amd = nodes.find((n) => n.gpu === 'amd') as Node;
     const gpuPick = await api(fleet, token, 'POST', '/api/v1/sandboxes', { gpu_type: 'amd' });
-    check(gpuPick.status === 201 && (gpuPick.json as Sandbox).instance_name === amd.name, `{"gpu_type":"amd"} placed on ${(gpuPick.json as Sandbox).instance_name} (the amd Wolf)`);
+    check(
+      gpuPick.status === 201 && (gpuPick.json as Sandbox).instance_name === amd.name,
+      `{"gpu_type":"amd"} placed on ${(gpuPick.json as Sandbox).instance_name} (the amd Wolf)`,
+    );
     if (gpuPick.status === 201) made.push(gpuPick.json as Sandbox);
     const tpu = await api(fleet, token, 'POST', '/api/v1/sandboxes', { gpu_type: 'tpu' });
     check(
@@ -247,7 +260,12 @@ async function run(): Promise<boolean> {
     say(`\n== SIGKILL ${killed.name} (pid ${killed.agent?.pid})`);
     const killedId = fleet.registry.findByName(killed.name)?.id;
     const t0 = performance.now();
-    const degraded = waitForEvent<[WolfInstance]>(fleet.registry, 'status', (i) => i.name === killed.name && i.status === 'degraded', `${killed.name} degraded`);
+    const degraded = waitForEvent<[WolfInstance]>(
+      fleet.registry,
+      'status',
+      (i) => i.name === killed.name && i.status === 'degraded',
+      `${killed.name} degraded`,
+    );
     const offline = waitForEvent<[WolfInstance]>(fleet.registry, 'status', (i) => i.name === killed.name && i.status === 'offline', `${killed.name} offline`);
     killed.agent?.kill('SIGKILL');
     await killed.exited;
@@ -303,7 +321,10 @@ async function run(): Promise<boolean> {
     for (const s of made) if ((await api(fleet, token, 'DELETE', `/api/v1/sandboxes/${s.id}`)).status === 200) deleted++;
     table(fleet, nodes);
     const left = fleet.registry.list().map((i) => i.connected_sandboxes);
-    check(deleted === made.length && left.every((c) => c === 0) && fleet.sandboxes.list().length === 0, `${deleted}/${made.length} deleted, every count back to 0`);
+    check(
+      deleted === made.length && left.every((c) => c === 0) && fleet.sandboxes.list().length === 0,
+      `${deleted}/${made.length} deleted, every count back to 0`,
+    );
 
     for (const n of survivors) {
       n.agent?.kill('SIGTERM');

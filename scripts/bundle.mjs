@@ -58,4 +58,7 @@ await build({
 // character in a string, an identifier or a regular expression, and nothing in
 // a comment. (test/startup-footprint.test.ts checks the result is plain ASCII.)
 const text = readFileSync(outfile, 'utf8');
-writeFileSync(outfile, text.replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`));
+writeFileSync(
+  outfile,
+  text.replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`),
+);

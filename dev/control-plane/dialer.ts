@@ -108,9 +108,7 @@ export class Dialer extends EventEmitter {
           reject(e);
         },
       });
-      const connPath = this.#options.legacyConnPath
-        ? `/revdial?revdial.dialer=${this.id}`
-        : `/revdial?revdial.dialer=${this.id}&revdial.req=${req}`;
+      const connPath = this.#options.legacyConnPath ? `/revdial?revdial.dialer=${this.id}` : `/revdial?revdial.dialer=${this.id}&revdial.req=${req}`;
       if (this.#options.legacyConnPath) this.#legacyOrder.push(req);
       this.#send({ command: 'conn-ready', connPath });
       this.#send({ command: 'keep-alive' });

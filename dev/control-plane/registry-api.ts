@@ -16,15 +16,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { ErrorCodes, RevdialError, codeOf, describe } from '../../src/agent/errors.js';
 import type { Logger } from '../../src/agent/logger.js';
-import {
-  type Authorize,
-  bearerToken,
-  discardBody,
-  readJsonObject,
-  sendError,
-  sendJson,
-  sendUnauthorized,
-} from './http-util.js';
+import { type Authorize, bearerToken, discardBody, readJsonObject, sendError, sendJson, sendUnauthorized } from './http-util.js';
 import { type RegisterInput, type Registry, runnerIdOf } from './registry.js';
 import type { ControlPlane } from './server.js';
 
@@ -115,8 +107,7 @@ export function installRegistryApi(plane: ControlPlane, registry: Registry, opti
       sendUnauthorized(res);
       return;
     }
-    const notFound = (): void =>
-      sendError(res, 404, ErrorCodes.INSTANCE_NOT_FOUND, `no Wolf instance with id ${id ?? ''}: register it first`);
+    const notFound = (): void => sendError(res, 404, ErrorCodes.INSTANCE_NOT_FOUND, `no Wolf instance with id ${id ?? ''}: register it first`);
 
     if (m[2] !== undefined && req.method === 'POST') {
       if (!known) return notFound();

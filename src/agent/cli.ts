@@ -58,7 +58,7 @@ export function startupWarnings(config: Config, log: Logger): void {
     );
   }
   if (config.insecureSkipTlsVerify) {
-    log.warn("TLS verification is OFF (--insecure-skip-tls-verify): anyone on the path can read the token; use --ca-file instead");
+    log.warn('TLS verification is OFF (--insecure-skip-tls-verify): anyone on the path can read the token; use --ca-file instead');
   }
   if (config.register && config.heartbeatIntervalMs >= 120_000) {
     log.warn(
@@ -84,10 +84,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     log.fatal({ err }, `internal error, exiting: ${describe(err)}`);
     process.exit(EXIT_INTERNAL);
   });
-  log.info(
-    { controlPlane: config.apiUrl.origin, runnerId: config.runnerId, local: describeTarget(config.local) },
-    `Starting ${PROGRAM} ${VERSION}`,
-  );
+  log.info({ controlPlane: config.apiUrl.origin, runnerId: config.runnerId, local: describeTarget(config.local) }, `Starting ${PROGRAM} ${VERSION}`);
   startupWarnings(config, log);
 
   const proxy = await EgressProxy.create(config.proxy);
@@ -166,10 +163,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       process.exit(SIGNAL_EXIT[signal] ?? EXIT_INTERNAL);
     }
     stopping = true;
-    log.info(
-      { signal, tunnels: agent.activeTunnels, gracePeriodMs: config.gracePeriodMs },
-      `Received ${signal}: refusing new tunnels and draining`,
-    );
+    log.info({ signal, tunnels: agent.activeTunnels, gracePeriodMs: config.gracePeriodMs }, `Received ${signal}: refusing new tunnels and draining`);
     const deregistered = registry?.stop(DEREGISTER_TIMEOUT_MS);
     Promise.all([agent.shutdown(config.gracePeriodMs), deregistered])
       .then(async ([{ cut }]) => {
@@ -178,15 +172,15 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
         return cut;
       })
       .then(
-      (cut) => {
-        log.info({ cut }, 'Stopped');
-        process.exit(EXIT_OK);
-      },
-      (err: unknown) => {
-        log.fatal({ err }, `shutdown failed: ${describe(err)}`);
-        process.exit(EXIT_INTERNAL);
-      },
-    );
+        (cut) => {
+          log.info({ cut }, 'Stopped');
+          process.exit(EXIT_OK);
+        },
+        (err: unknown) => {
+          log.fatal({ err }, `shutdown failed: ${describe(err)}`);
+          process.exit(EXIT_INTERNAL);
+        },
+      );
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);

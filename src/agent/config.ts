@@ -178,29 +178,93 @@ export function buildProgram(): Command {
     .helpOption('-h, --help')
     .showHelpAfterError(false)
     .allowExcessArguments(false)
-    .addOption(new Option('--api-url <url>', 'control plane base URL (http, https, ws or wss; may carry a base path)').env('HELIX_API_URL').argParser(apiUrlArg))
+    .addOption(
+      new Option('--api-url <url>', 'control plane base URL (http, https, ws or wss; may carry a base path)').env('HELIX_API_URL').argParser(apiUrlArg),
+    )
     .addOption(new Option('--wolf-id <id>', 'this Wolf instance: letters, digits and hyphens, at most 255').env('WOLF_ID').argParser(wolfIdArg))
     .addOption(new Option('--token <token>', 'runner token (prefer RUNNER_TOKEN or --token-file: argv is visible to every user)').env('RUNNER_TOKEN'))
     .addOption(new Option('--token-file <path>', 'read the runner token from this file, again on every reconnect').env('RUNNER_TOKEN_FILE'))
     .addOption(new Option('--runner-id <id>', 'runner id sent to the control plane (default: wolf-<WOLF_ID>)').env('REVDIAL_RUNNER_ID').argParser(runnerIdArg))
-    .addOption(new Option('--local <addr>', 'local Wolf API: host:port, http://host:port or unix:///path/to/wolf.sock').env('WOLF_LOCAL_ADDR').default('localhost:8080').argParser(localArg))
+    .addOption(
+      new Option('--local <addr>', 'local Wolf API: host:port, http://host:port or unix:///path/to/wolf.sock')
+        .env('WOLF_LOCAL_ADDR')
+        .default('localhost:8080')
+        .argParser(localArg),
+    )
     .addOption(new Option('--reconnect <seconds>', 'longest wait between reconnect attempts').env('REVDIAL_RECONNECT_MAX').default(5).argParser(seconds(0.001)))
-    .addOption(new Option('--ping-interval <seconds>', 'WebSocket ping interval on the control connection').env('REVDIAL_PING_INTERVAL').default(15).argParser(seconds(0.001)))
-    .addOption(new Option('--ping-timeout <seconds>', 'no frame or pong for this long: the control connection is dead').env('REVDIAL_PING_TIMEOUT').default(45).argParser(seconds(0.001)))
-    .addOption(new Option('--grace-period <seconds>', 'on SIGTERM, how long open tunnels may finish').env('REVDIAL_GRACE_PERIOD').default(30).argParser(seconds(0)))
-    .addOption(new Option('--max-tunnels <n>', 'concurrent tunnels, pick-ups included; more are refused').env('REVDIAL_MAX_TUNNELS').default(1024).argParser(positiveInt))
-    .addOption(new Option('--pickup-timeout <seconds>', 'time limit for one pick-up (data connection and local dial)').env('REVDIAL_PICKUP_TIMEOUT').default(20).argParser(seconds(0.001)))
-    .addOption(new Option('--local-dial-timeout <seconds>', 'time limit for dialing the local Wolf API').env('REVDIAL_LOCAL_DIAL_TIMEOUT').default(5).argParser(seconds(0.001)))
+    .addOption(
+      new Option('--ping-interval <seconds>', 'WebSocket ping interval on the control connection')
+        .env('REVDIAL_PING_INTERVAL')
+        .default(15)
+        .argParser(seconds(0.001)),
+    )
+    .addOption(
+      new Option('--ping-timeout <seconds>', 'no frame or pong for this long: the control connection is dead')
+        .env('REVDIAL_PING_TIMEOUT')
+        .default(45)
+        .argParser(seconds(0.001)),
+    )
+    .addOption(
+      new Option('--grace-period <seconds>', 'on SIGTERM, how long open tunnels may finish').env('REVDIAL_GRACE_PERIOD').default(30).argParser(seconds(0)),
+    )
+    .addOption(
+      new Option('--max-tunnels <n>', 'concurrent tunnels, pick-ups included; more are refused')
+        .env('REVDIAL_MAX_TUNNELS')
+        .default(1024)
+        .argParser(positiveInt),
+    )
+    .addOption(
+      new Option('--pickup-timeout <seconds>', 'time limit for one pick-up (data connection and local dial)')
+        .env('REVDIAL_PICKUP_TIMEOUT')
+        .default(20)
+        .argParser(seconds(0.001)),
+    )
+    .addOption(
+      new Option('--local-dial-timeout <seconds>', 'time limit for dialing the local Wolf API')
+        .env('REVDIAL_LOCAL_DIAL_TIMEOUT')
+        .default(5)
+        .argParser(seconds(0.001)),
+    )
     .addOption(new Option('--ca-file <path>', 'extra PEM CA bundle trusted for wss').env('REVDIAL_CA_FILE'))
     .addOption(new Option('--insecure-skip-tls-verify', `do not verify the control plane's TLS certificate (testing only) (env: ${INSECURE_ENV})`))
-    .addOption(new Option('--log-level <level>', `log level: ${LOG_LEVELS.join(', ')}; DEBUG=true also means debug`).env('LOG_LEVEL').default('info').argParser(logLevelArg))
-    .addOption(new Option('--metrics-addr <host:port>', 'serve /healthz, /readyz and /metrics here; "off" disables').env('REVDIAL_METRICS_ADDR').default(parseListenAddress('127.0.0.1:9464'), '127.0.0.1:9464').argParser(metricsAddrArg))
+    .addOption(
+      new Option('--log-level <level>', `log level: ${LOG_LEVELS.join(', ')}; DEBUG=true also means debug`)
+        .env('LOG_LEVEL')
+        .default('info')
+        .argParser(logLevelArg),
+    )
+    .addOption(
+      new Option('--metrics-addr <host:port>', 'serve /healthz, /readyz and /metrics here; "off" disables')
+        .env('REVDIAL_METRICS_ADDR')
+        .default(parseListenAddress('127.0.0.1:9464'), '127.0.0.1:9464')
+        .argParser(metricsAddrArg),
+    )
     .addOption(new Option('--register', `register this Wolf with the control plane's registry and heartbeat (env: ${REGISTER_ENV})`))
-    .addOption(new Option('--advertise-address <addr>', 'address sent to the registry (default: the runner id)').env('REVDIAL_ADVERTISE_ADDRESS').argParser(advertiseArg))
-    .addOption(new Option('--gpu-type <type>', `GPU type sent to the registry: ${GPU_TYPES.join(', ')} or auto (detect from /dev)`).env('REVDIAL_GPU_TYPE').default('auto').argParser(gpuTypeArg))
-    .addOption(new Option('--max-sandboxes <n>', 'sandboxes this Wolf can hold, sent to the registry').env('REVDIAL_MAX_SANDBOXES').default(10).argParser(positiveInt))
-    .addOption(new Option('--heartbeat-interval <seconds>', 'registry heartbeat interval (the control plane marks an instance offline after 120 s)').env('REVDIAL_HEARTBEAT_INTERVAL').default(30).argParser(seconds(0.001)))
-    .addOption(new Option('--proxy <url>', 'HTTP CONNECT proxy for every connection to the control plane (default: HTTPS_PROXY / HTTP_PROXY, minus NO_PROXY)').env('REVDIAL_PROXY').argParser(proxyArg))
+    .addOption(
+      new Option('--advertise-address <addr>', 'address sent to the registry (default: the runner id)')
+        .env('REVDIAL_ADVERTISE_ADDRESS')
+        .argParser(advertiseArg),
+    )
+    .addOption(
+      new Option('--gpu-type <type>', `GPU type sent to the registry: ${GPU_TYPES.join(', ')} or auto (detect from /dev)`)
+        .env('REVDIAL_GPU_TYPE')
+        .default('auto')
+        .argParser(gpuTypeArg),
+    )
+    .addOption(
+      new Option('--max-sandboxes <n>', 'sandboxes this Wolf can hold, sent to the registry').env('REVDIAL_MAX_SANDBOXES').default(10).argParser(positiveInt),
+    )
+    .addOption(
+      new Option('--heartbeat-interval <seconds>', 'registry heartbeat interval (the control plane marks an instance offline after 120 s)')
+        .env('REVDIAL_HEARTBEAT_INTERVAL')
+        .default(30)
+        .argParser(seconds(0.001)),
+    )
+    .addOption(
+      new Option('--proxy <url>', 'HTTP CONNECT proxy for every connection to the control plane (default: HTTPS_PROXY / HTTP_PROXY, minus NO_PROXY)')
+        .env('REVDIAL_PROXY')
+        .argParser(proxyArg),
+    )
     .addOption(new Option('--check-config', 'validate the configuration, print it (token redacted) and exit'));
   program.addHelpText(
     'after',
@@ -381,7 +445,9 @@ export function describeConfig(config: Config): Record<string, unknown> {
     caFile: config.caFile ?? null,
     insecureSkipTlsVerify: config.insecureSkipTlsVerify,
     logLevel: config.logLevel,
-    metricsAddr: config.metricsAddr ? `${config.metricsAddr.host.includes(':') ? `[${config.metricsAddr.host}]` : config.metricsAddr.host}:${config.metricsAddr.port}` : 'off',
+    metricsAddr: config.metricsAddr
+      ? `${config.metricsAddr.host.includes(':') ? `[${config.metricsAddr.host}]` : config.metricsAddr.host}:${config.metricsAddr.port}`
+      : 'off',
     register: config.register,
     advertiseAddress: config.advertiseAddress,
     gpuType: `${config.gpuType}${config.gpuTypeSource === 'auto' ? ' (detected)' : ''}`,

@@ -84,7 +84,10 @@ describe('docker-compose.example.yaml', () => {
   test('the health check script works (run against loopback on a free port)', async (t) => {
     const t0 = agent.healthcheck?.test ?? [];
     assert.ok(t0.join(' ').includes('127.0.0.1:9464'), 'asks the default metrics address');
-    for (const [status, expected] of [[200, 0], [503, 1]] as const) {
+    for (const [status, expected] of [
+      [200, 0],
+      [503, 1],
+    ] as const) {
       const server = createServer((req, res) => res.writeHead(req.url === '/healthz' ? status : 404).end());
       await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
       t.after(() => server.close());

@@ -136,22 +136,34 @@ describe('Dockerfile', () => {
 
   test('builds with the npm scripts CI uses', () => {
     const runs = instrs.filter((i) => i.keyword === 'RUN').map((i) => i.args);
-    assert.ok(runs.some((r) => /\bnpm ci\b/.test(r)), 'npm ci from the lock file');
-    assert.ok(runs.some((r) => /\bnpm run build\b/.test(r)), 'npm run build');
+    assert.ok(
+      runs.some((r) => /\bnpm ci\b/.test(r)),
+      'npm ci from the lock file',
+    );
+    assert.ok(
+      runs.some((r) => /\bnpm run build\b/.test(r)),
+      'npm run build',
+    );
     const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> };
     assert.ok(pkg.scripts['build'], 'package.json has the build script the image runs');
   });
 
   test('ships production dependencies only', () => {
     const depsInstall = instrs.filter((i) => i.keyword === 'RUN' && /\bnpm (ci|install)\b/.test(i.args));
-    assert.ok(depsInstall.some((i) => /--omit=dev\b/.test(i.args)), 'an npm ci --omit=dev stage');
+    assert.ok(
+      depsInstall.some((i) => /--omit=dev\b/.test(i.args)),
+      'an npm ci --omit=dev stage',
+    );
     const copies = final.filter((i) => i.keyword === 'COPY' && i.args.includes('node_modules'));
     assert.equal(copies.length, 1, 'the runtime stage copies node_modules once');
     const from = /--from=(\S+)/.exec(copies[0]!.args)?.[1];
     const stageNames = froms.map((f) => /\bAS\s+(\S+)/i.exec(f.args)?.[1]);
     const source = all[stageNames.indexOf(from)];
     assert.ok(source, `node_modules comes from stage ${from}`);
-    assert.ok(source.some((i) => i.keyword === 'RUN' && /--omit=dev\b/.test(i.args)), `stage ${from} installs with --omit=dev`);
+    assert.ok(
+      source.some((i) => i.keyword === 'RUN' && /--omit=dev\b/.test(i.args)),
+      `stage ${from} installs with --omit=dev`,
+    );
     assert.ok(!final.some((i) => i.keyword === 'RUN' && /\bnpm\b/.test(i.args)), 'no npm install in the runtime stage');
   });
 
@@ -250,14 +262,28 @@ describe('.dockerignore', () => {
     const instrs = parseDockerfile(readFileSync(join(root, 'Dockerfile'), 'utf8'));
     const sources = instrs
       .filter((i) => i.keyword === 'COPY' && !i.args.includes('--from='))
-      .flatMap((i) => i.args.split(/\s+/).filter((a) => !a.startsWith('--')).slice(0, -1));
+      .flatMap((i) =>
+        i.args
+          .split(/\s+/)
+          .filter((a) => !a.startsWith('--'))
+          .slice(0, -1),
+      );
     assert.ok(sources.length > 0);
     for (const src of sources) assert.equal(dockerIgnored(patterns, src), false, `${src} is excluded from the build context`);
     assert.equal(dockerIgnored(patterns, 'src/main.ts'), false, 'files under src/ are in the context');
   });
 
   test('keeps out dependencies, build output, VCS data and secrets', () => {
-    for (const path of ['node_modules', 'node_modules/ws/index.js', 'build/src/agent/main.js', 'dist/wolf-revdial-client', '.git/config', '.env', 'src/.env', 'runner-token']) {
+    for (const path of [
+      'node_modules',
+      'node_modules/ws/index.js',
+      'build/src/agent/main.js',
+      'dist/wolf-revdial-client',
+      '.git/config',
+      '.env',
+      'src/.env',
+      'runner-token',
+    ]) {
       assert.equal(dockerIgnored(patterns, path), true, `${path} must not be sent to the builder`);
     }
   });

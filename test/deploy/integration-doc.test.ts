@@ -88,7 +88,10 @@ function guideFlags(md: string): Set<string> {
   for (const span of spans) if (span.startsWith('--')) flags.add(/^--[a-z][a-z0-9-]*/.exec(span)?.[0] ?? span);
   const commands = [...spans.filter((s) => !s.startsWith('--')), ...fenced.join('\n').replace(/\\\n/g, ' ').split('\n')];
   for (const command of commands) {
-    const words = command.trim().replace(/^\$\s+/, '').split(/\s+/);
+    const words = command
+      .trim()
+      .replace(/^\$\s+/, '')
+      .split(/\s+/);
     while (words.length > 0 && /^[A-Za-z_][A-Za-z0-9_]*=/.test(words[0]!)) words.shift(); // VAR=value prefixes
     if (words[0] === 'sudo' || words[0] === 'exec') words.shift();
     const program = words[0] ?? '';
@@ -101,9 +104,7 @@ function guideFlags(md: string): Set<string> {
 
 function guideVariables(md: string): Set<string> {
   const errorCodes = new Set<string>(Object.values(ErrorCodes));
-  return new Set(
-    [...md.matchAll(AGENT_VARIABLE)].map((m) => m[0]).filter((v) => !errorCodes.has(v) && !NOT_THE_AGENTS.has(v)),
-  );
+  return new Set([...md.matchAll(AGENT_VARIABLE)].map((m) => m[0]).filter((v) => !errorCodes.has(v) && !NOT_THE_AGENTS.has(v)));
 }
 
 /** The first table after the "## Configuration" heading: one entry per row. */

@@ -56,12 +56,18 @@ const KINDS: Record<string, { validate: (doc: Record<string, unknown>) => void; 
 };
 
 function loadManifests(): Manifest[] {
-  const files = readdirSync(k8sDir).filter((f) => f.endsWith('.yaml') || f.endsWith('.yml')).sort();
+  const files = readdirSync(k8sDir)
+    .filter((f) => f.endsWith('.yaml') || f.endsWith('.yml'))
+    .sort();
   const out: Manifest[] = [];
   for (const file of files) {
     const docs = parseAllDocuments(readFileSync(join(k8sDir, file), 'utf8'));
     docs.forEach((d, index) => {
-      assert.deepEqual(d.errors.map((e) => e.message), [], `${file} document ${index}: YAML errors`);
+      assert.deepEqual(
+        d.errors.map((e) => e.message),
+        [],
+        `${file} document ${index}: YAML errors`,
+      );
       const doc: unknown = d.toJS();
       if (doc === null) return; // an empty document after a trailing ---
       assert.ok(typeof doc === 'object' && !Array.isArray(doc), `${file} document ${index} is not a mapping`);
@@ -196,7 +202,10 @@ describe('k8s manifests', () => {
     assert.deepEqual(diags.get('k8s-manifests.virtual.ts'), [], 'manifests in k8s/ have fields the API does not define');
     // The same check on a copy with a misspelt field must complain about it.
     const typoDiags = diags.get('k8s-typo.virtual.ts') ?? [];
-    assert.ok(typoDiags.some((d) => d.includes('readinessProbee')), `typo not caught: ${typoDiags.join('; ')}`);
+    assert.ok(
+      typoDiags.some((d) => d.includes('readinessProbee')),
+      `typo not caught: ${typoDiags.join('; ')}`,
+    );
   });
 
   test('Wolf and the agent share the socket directory through an emptyDir', () => {
@@ -221,7 +230,11 @@ describe('k8s manifests', () => {
     const ds = daemonSet(manifests);
     const agent = agentContainer(ds);
     assert.equal(envValue(agent, 'RUNNER_TOKEN'), undefined, 'no RUNNER_TOKEN literal');
-    assert.equal(agent.env?.find((e) => e.name === 'RUNNER_TOKEN'), undefined, 'file preferred over an env var');
+    assert.equal(
+      agent.env?.find((e) => e.name === 'RUNNER_TOKEN'),
+      undefined,
+      'file preferred over an env var',
+    );
     const tokenFile = envValue(agent, 'RUNNER_TOKEN_FILE');
     assert.ok(tokenFile, 'RUNNER_TOKEN_FILE is set');
     const mount = agent.volumeMounts?.find((v) => v.mountPath === dirname(tokenFile));
@@ -276,10 +289,14 @@ describe('k8s manifests', () => {
 
   test('the DaemonSet lands on GPU nodes only', () => {
     const pod = daemonSet(manifests).spec?.template.spec;
-    const selects = Object.keys(pod?.nodeSelector ?? {}).some((k) => k.includes('gpu')) ||
+    const selects =
+      Object.keys(pod?.nodeSelector ?? {}).some((k) => k.includes('gpu')) ||
       pod?.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution !== undefined;
     assert.ok(selects, 'a GPU nodeSelector or required node affinity');
-    assert.ok(pod?.tolerations?.some((t) => t.key?.includes('gpu')), 'tolerates the GPU taint');
+    assert.ok(
+      pod?.tolerations?.some((t) => t.key?.includes('gpu')),
+      'tolerates the GPU taint',
+    );
   });
 
   test('the agent image is pinned to this version, not :latest', () => {

@@ -65,22 +65,44 @@ test('bin/ runs the one-file bundle; an idle agent loads neither proxy agent nor
   // What runs is the bundle: its file resolved, none of the compiled modules
   // under build/src, and from node_modules only what the bundle leaves outside.
   // bufferutil being there also shows the trace works and bin/ masks natively.
-  assert.ok(report.resolved.some((u) => u.endsWith('/build/wolf-revdial-client.cjs')), 'the bundle is what runs');
-  assert.deepEqual(report.resolved.filter((u) => u.includes('/build/src/')), [], 'no module of build/src loaded separately');
+  assert.ok(
+    report.resolved.some((u) => u.endsWith('/build/wolf-revdial-client.cjs')),
+    'the bundle is what runs',
+  );
+  assert.deepEqual(
+    report.resolved.filter((u) => u.includes('/build/src/')),
+    [],
+    'no module of build/src loaded separately',
+  );
   const files = packageFiles(report);
-  assert.ok(files.some((f) => f.startsWith('bufferutil/')), 'bufferutil (native masking) loaded');
+  assert.ok(
+    files.some((f) => f.startsWith('bufferutil/')),
+    'bufferutil (native masking) loaded',
+  );
   for (const f of files) assert.match(f, /^(bufferutil|node-gyp-build)\//, `${f} loaded from node_modules, not from the bundle`);
   // https-proxy-agent (and agent-base, debug) only with a proxy; undici only with --register.
   for (const pkg of ['https-proxy-agent/', 'agent-base/', 'undici/']) {
-    assert.deepEqual(files.filter((f) => f.startsWith(pkg)), [], `${pkg} not loaded`);
+    assert.deepEqual(
+      files.filter((f) => f.startsWith(pkg)),
+      [],
+      `${pkg} not loaded`,
+    );
   }
   // Node's bundled undici, which `import ... from 'node:http'` would load (ops-server.ts).
   if (report.builtins === null) t.diagnostic('process.moduleLoadList is gone in this Node: bundled undici not checked');
-  else assert.deepEqual(report.builtins.filter((m) => m.includes('internal/deps/undici')), []);
+  else
+    assert.deepEqual(
+      report.builtins.filter((m) => m.includes('internal/deps/undici')),
+      [],
+    );
 
   // Plain ASCII, so V8 holds the source at one byte per character (scripts/bundle.mjs
   // escapes what esbuild leaves in dependencies' comments).
-  assert.equal(readFileSync(BUNDLE).findIndex((b) => b > 0x7f), -1, 'the bundle is plain ASCII');
+  assert.equal(
+    readFileSync(BUNDLE).findIndex((b) => b > 0x7f),
+    -1,
+    'the bundle is plain ASCII',
+  );
 
   // Inside the bundle: what the agent uses, and not what it would only hold as source text.
   const bundled = bundledFiles();
@@ -88,7 +110,11 @@ test('bin/ runs the one-file bundle; an idle agent loads neither proxy agent nor
     assert.ok(bundled.includes(used), `${used} in the bundle`);
   }
   for (const kept of ['https-proxy-agent/', 'agent-base/', 'undici/', 'bufferutil/']) {
-    assert.deepEqual(bundled.filter((f) => f.startsWith(kept)), [], `${kept} left outside the bundle`);
+    assert.deepEqual(
+      bundled.filter((f) => f.startsWith(kept)),
+      [],
+      `${kept} left outside the bundle`,
+    );
   }
   // prom-client's index and what only it pulls in: Pushgateway, cluster aggregation, Summary.
   for (const extra of ['prom-client/index.js', 'prom-client/lib/pushgateway.js', 'prom-client/lib/cluster.js', 'prom-client/lib/summary.js', 'tdigest/']) {

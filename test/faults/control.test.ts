@@ -88,7 +88,9 @@ test('figure 1: a blackholed control path is noticed within --ping-timeout + 1 s
   await readBody(res);
   const servingMs = Date.now() - blackholedAt;
   assert.notEqual(fresh, firstDialer);
-  t.diagnostic(`figure 1: ping-timeout ${pingTimeoutMs} ms (interval 500 ms); noticed after ${noticedMs} ms; serving again ${servingMs} ms after the blackhole`);
+  t.diagnostic(
+    `figure 1: ping-timeout ${pingTimeoutMs} ms (interval 500 ms); noticed after ${noticedMs} ms; serving again ${servingMs} ms after the blackhole`,
+  );
 });
 
 test('figure 2: a streaming download continues byte-exact while the control connection is cut and re-established', async (t) => {
@@ -192,7 +194,10 @@ test('figure 7: local Wolf down gives clear pickup-failed reasons at once, and s
     // Same process, same control connection: nothing was restarted.
     assert.equal(plane.dialer(runnerId), dialer);
     assert.equal(agent.child.exitCode, null);
-    assert.equal(agent.logs.count((l) => l.msg.startsWith('Control connection lost')), 0);
+    assert.equal(
+      agent.logs.count((l) => l.msg.startsWith('Control connection lost')),
+      0,
+    );
     t.diagnostic(`figure 7 (${kind}): pickup-failed after ${failMs.join(', ')} ms; reason "${reasons[0]?.slice(0, 120)}"`);
   }
 });

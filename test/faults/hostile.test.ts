@@ -51,37 +51,53 @@ const wellFormed = fc.oneof(
 
 test('LineReader: any split of a stream of lines gives the same lines; memory never exceeds the limit', () => {
   fc.assert(
-    fc.property(fc.array(fc.uint8Array({ maxLength: 300 }), { maxLength: 20 }), fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 30 }), (rawLines, cuts) => {
-      const lines = rawLines.map((l) => Buffer.from(l.filter((b) => b !== 0x0a)));
-      const stream = Buffer.concat(lines.flatMap((l) => [l, Buffer.from('\n')]));
-      const reader = new LineReader(MAX_LINE);
-      const out: Buffer[] = [];
-      for (const frame of split(stream, cuts)) {
-        out.push(...reader.push(frame));
-        assert.ok(reader.pendingBytes <= MAX_LINE);
-      }
-      assert.equal(reader.pendingBytes, 0);
-      assert.deepEqual(out.map((b) => b.toString('hex')), lines.map((b) => b.toString('hex')));
-    }),
+    fc.property(
+      fc.array(fc.uint8Array({ maxLength: 300 }), { maxLength: 20 }),
+      fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 30 }),
+      (rawLines, cuts) => {
+        const lines = rawLines.map((l) => Buffer.from(l.filter((b) => b !== 0x0a)));
+        const stream = Buffer.concat(lines.flatMap((l) => [l, Buffer.from('\n')]));
+        const reader = new LineReader(MAX_LINE);
+        const out: Buffer[] = [];
+        for (const frame of split(stream, cuts)) {
+          out.push(...reader.push(frame));
+          assert.ok(reader.pendingBytes <= MAX_LINE);
+        }
+        assert.equal(reader.pendingBytes, 0);
+        assert.deepEqual(
+          out.map((b) => b.toString('hex')),
+          lines.map((b) => b.toString('hex')),
+        );
+      },
+    ),
     { numRuns: RUNS },
   );
 });
 
 test('LineReader: random bytes and oversized lines throw only REVDIAL_PROTOCOL_LINE_TOO_LONG, holding at most the limit', () => {
   fc.assert(
-    fc.property(fc.array(fc.oneof(fc.uint8Array({ maxLength: 2000 }), fc.integer({ min: 1, max: 64 * 1024 }).map((n) => new Uint8Array(n).fill(0x41))), { maxLength: 12 }), (frames) => {
-      const reader = new LineReader(MAX_LINE);
-      for (const f of frames) {
-        try {
-          reader.push(Buffer.from(f));
-        } catch (err) {
-          assert.ok(err instanceof RevdialError);
-          assert.equal(err.code, ErrorCodes.PROTOCOL_LINE_TOO_LONG);
-          assert.equal(reader.pendingBytes, 0, 'a refused line is let go of');
+    fc.property(
+      fc.array(
+        fc.oneof(
+          fc.uint8Array({ maxLength: 2000 }),
+          fc.integer({ min: 1, max: 64 * 1024 }).map((n) => new Uint8Array(n).fill(0x41)),
+        ),
+        { maxLength: 12 },
+      ),
+      (frames) => {
+        const reader = new LineReader(MAX_LINE);
+        for (const f of frames) {
+          try {
+            reader.push(Buffer.from(f));
+          } catch (err) {
+            assert.ok(err instanceof RevdialError);
+            assert.equal(err.code, ErrorCodes.PROTOCOL_LINE_TOO_LONG);
+            assert.equal(reader.pendingBytes, 0, 'a refused line is let go of');
+          }
+          assert.ok(reader.pendingBytes <= MAX_LINE);
         }
-        assert.ok(reader.pendingBytes <= MAX_LINE);
-      }
-    }),
+      },
+    ),
     { numRuns: RUNS },
   );
 });
@@ -150,19 +166,23 @@ function session(): { ws: FakeSocket; s: ControlSession; connReady: string[]; en
 
 test('ControlSession: well-formed messages in any frame split are all delivered, around ignored commands and blank lines', async () => {
   await fc.assert(
-    fc.asyncProperty(fc.array(fc.oneof(wellFormed, fc.constant('blank')), { maxLength: 30 }), fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 40 }), async (msgs, cuts) => {
-      const text = msgs.map((m) => (m === 'blank' ? '  \n' : `${JSON.stringify(m)}\n`)).join('');
-      const expected: string[] = [];
-      for (const m of msgs) {
-        if (m !== 'blank' && m.command === 'conn-ready') expected.push('connPath' in m ? m.connPath : '');
-      }
-      const { ws, connReady, ended } = session();
-      for (const frame of split(Buffer.from(text), cuts)) ws.emit('message', frame, true);
-      await Promise.resolve();
-      assert.equal(ended(), undefined, 'still open');
-      assert.deepEqual(connReady, expected);
-      ws.terminate();
-    }),
+    fc.asyncProperty(
+      fc.array(fc.oneof(wellFormed, fc.constant('blank')), { maxLength: 30 }),
+      fc.array(fc.double({ min: 0, max: 1, noNaN: true }), { maxLength: 40 }),
+      async (msgs, cuts) => {
+        const text = msgs.map((m) => (m === 'blank' ? '  \n' : `${JSON.stringify(m)}\n`)).join('');
+        const expected: string[] = [];
+        for (const m of msgs) {
+          if (m !== 'blank' && m.command === 'conn-ready') expected.push('connPath' in m ? m.connPath : '');
+        }
+        const { ws, connReady, ended } = session();
+        for (const frame of split(Buffer.from(text), cuts)) ws.emit('message', frame, true);
+        await Promise.resolve();
+        assert.equal(ended(), undefined, 'still open');
+        assert.deepEqual(connReady, expected);
+        ws.terminate();
+      },
+    ),
     { numRuns: RUNS },
   );
 });
@@ -252,7 +272,9 @@ test('hostile control plane over real sockets: after each kind of garbage the ag
     const live = await plane.waitForRunner(runnerId, 10_000);
     await logs.waitFor((l) => l.msg === 'Connected to control plane via RevDial', 10_000, mark);
     const res = await plane.request(runnerId, { path: '/api/v1/system/health' }).catch((err: unknown) => {
-      throw new Error(`after ${JSON.stringify(bad.data.subarray(0, 200).toString('latin1'))} (binary ${bad.binary}): ${String(err)}; log:\n${logs.raw.slice(-5).join('\n')}`);
+      throw new Error(
+        `after ${JSON.stringify(bad.data.subarray(0, 200).toString('latin1'))} (binary ${bad.binary}): ${String(err)}; log:\n${logs.raw.slice(-5).join('\n')}`,
+      );
     });
     assert.equal(res.statusCode, 200);
     await readBody(res);
@@ -261,5 +283,7 @@ test('hostile control plane over real sockets: after each kind of garbage the ag
   }
   assert.equal(served, garbage.length);
   const codes = logs.lines.filter((l) => l.msg.startsWith('Control connection lost')).map((l) => l.code);
-  t.diagnostic(`figure 8 (sockets): ${garbage.length} garbage deliveries, ${codes.length} fatal (${[...new Set(codes)].join(', ')}), all followed by a served request`);
+  t.diagnostic(
+    `figure 8 (sockets): ${garbage.length} garbage deliveries, ${codes.length} fatal (${[...new Set(codes)].join(', ')}), all followed by a served request`,
+  );
 });

@@ -89,13 +89,10 @@ for (const capMs of [1_000, 200]) {
     const bucketMs = capMs / 20;
     const firstAttempt = [...scheduled.values()].map((at) => at - droppedAt);
     const arrival = [...reconnectedAt.values()].map((at) => at - droppedAt);
-    const show = (values: number[]): string =>
-      [...histogram(values, bucketMs)].map(([b, n]) => `${b}-${b + bucketMs}ms:${n}`).join(' ');
+    const show = (values: number[]): string => [...histogram(values, bucketMs)].map(([b, n]) => `${b}-${b + bucketMs}ms:${n}`).join(' ');
     t.diagnostic(`first attempt after the drop (scheduled), ${bucketMs} ms buckets: ${show(firstAttempt)}`);
     t.diagnostic(`reconnected (plane saw it), ${bucketMs} ms buckets: ${show(arrival)}`);
-    t.diagnostic(
-      `arrival p5=${percentile(arrival, 5)} p50=${percentile(arrival, 50)} p95=${percentile(arrival, 95)} max=${Math.max(...arrival)} ms`,
-    );
+    t.diagnostic(`arrival p5=${percentile(arrival, 5)} p50=${percentile(arrival, 50)} p95=${percentile(arrival, 95)} max=${Math.max(...arrival)} ms`);
     // The delays the agents chose (pure jitter, free of this process's own
     // scheduling of 200 closes, which spreads the scheduled times a little anyway).
     const delays = [...chosen.values()];

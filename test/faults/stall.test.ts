@@ -102,62 +102,66 @@ function plateau(completed: () => number, timeoutMs = 30_000): Promise<number> {
   });
 }
 
-test(`figure 6: a target that never reads: the plane's ${OFFER / MiB} MiB stop at the plane, the agent's memory stays put, another tunnel keeps its speed`, { timeout: 120_000 }, async (t) => {
-  const plane = await startPlane(t);
-  const { wolf, local } = await startWolf(t);
-  const agent = spawnProbedAgent(t, {
-    HELIX_API_URL: plane.url,
-    WOLF_ID: 'stall',
-    WOLF_LOCAL_ADDR: local,
-    REVDIAL_METRICS_ADDR: 'off',
-  });
-  const runnerId = 'wolf-stall';
-  const pid = agent.child.pid;
-  assert.ok(pid);
-  await plane.waitForRunner(runnerId, 10_000);
-  await agent.logs.waitFor((l) => l.msg === 'Connected to control plane via RevDial');
+test(
+  `figure 6: a target that never reads: the plane's ${OFFER / MiB} MiB stop at the plane, the agent's memory stays put, another tunnel keeps its speed`,
+  { timeout: 120_000 },
+  async (t) => {
+    const plane = await startPlane(t);
+    const { wolf, local } = await startWolf(t);
+    const agent = spawnProbedAgent(t, {
+      HELIX_API_URL: plane.url,
+      WOLF_ID: 'stall',
+      WOLF_LOCAL_ADDR: local,
+      REVDIAL_METRICS_ADDR: 'off',
+    });
+    const runnerId = 'wolf-stall';
+    const pid = agent.child.pid;
+    assert.ok(pid);
+    await plane.waitForRunner(runnerId, 10_000);
+    await agent.logs.waitFor((l) => l.msg === 'Connected to control plane via RevDial');
 
-  // Baseline: the same download with nothing stalled. Best of two on each side,
-  // so one hiccup of a shared CI machine does not decide the comparison.
-  const baseline = best(await timedDownload(plane, runnerId, 'baseline-1'), await timedDownload(plane, runnerId, 'baseline-2'));
-  const before = memory(pid);
+    // Baseline: the same download with nothing stalled. Best of two on each side,
+    // so one hiccup of a shared CI machine does not decide the comparison.
+    const baseline = best(await timedDownload(plane, runnerId, 'baseline-1'), await timedDownload(plane, runnerId, 'baseline-2'));
+    const before = memory(pid);
 
-  // The stall: a request whose body Wolf never reads, then the offer.
-  const stalledRequest = new Promise<void>((resolve) => wolf.server.once('request', () => resolve()));
-  const stream = await plane.dial(runnerId);
-  stream.on('error', () => undefined);
-  t.after(() => stream.destroy());
-  stream.write(`POST /stall HTTP/1.1\r\nHost: wolf\r\nContent-Type: application/octet-stream\r\nContent-Length: ${OFFER}\r\n\r\n`);
-  await stalledRequest;
-  assert.equal(wolf.stalled, 1);
-  const { completed } = offer(stream);
-  const accepted = await plateau(completed);
-  const held = memory(pid);
-  const waiting = stream.writableLength;
+    // The stall: a request whose body Wolf never reads, then the offer.
+    const stalledRequest = new Promise<void>((resolve) => wolf.server.once('request', () => resolve()));
+    const stream = await plane.dial(runnerId);
+    stream.on('error', () => undefined);
+    t.after(() => stream.destroy());
+    stream.write(`POST /stall HTTP/1.1\r\nHost: wolf\r\nContent-Type: application/octet-stream\r\nContent-Length: ${OFFER}\r\n\r\n`);
+    await stalledRequest;
+    assert.equal(wolf.stalled, 1);
+    const { completed } = offer(stream);
+    const accepted = await plateau(completed);
+    const held = memory(pid);
+    const waiting = stream.writableLength;
 
-  // Another tunnel of the same agent, while the stall holds.
-  const during = best(await timedDownload(plane, runnerId, 'during-1'), await timedDownload(plane, runnerId, 'during-2'));
-  const acceptedAfter = completed();
-  const end = memory(pid);
+    // Another tunnel of the same agent, while the stall holds.
+    const during = best(await timedDownload(plane, runnerId, 'during-1'), await timedDownload(plane, runnerId, 'during-2'));
+    const acceptedAfter = completed();
+    const end = memory(pid);
 
-  // Still stalled, still the one request: nothing moved while the other tunnel ran.
-  assert.equal(wolf.stalled, 1);
-  assert.equal(acceptedAfter, accepted, 'the stalled tunnel accepted nothing more while the other downloads ran');
-  assert.ok(accepted < ACCEPTED_BOUND, `${accepted} bytes left the plane`);
-  assert.ok(waiting >= OFFER - ACCEPTED_BOUND, `the plane still holds ${waiting} bytes unsent`);
-  const growthKiB = Math.max(held.rssKiB, end.rssKiB) - before.rssKiB;
-  assert.ok(growthKiB < RSS_GROWTH_BOUND_KIB, `agent RSS grew ${growthKiB} KiB during the stall`);
-  const share = during.mibPerS / baseline.mibPerS;
-  assert.ok(share >= SPEED_SHARE, `the other tunnel ran at ${(share * 100).toFixed(0)}% of its unstalled speed`);
-  assert.equal(agent.child.exitCode, null);
+    // Still stalled, still the one request: nothing moved while the other tunnel ran.
+    assert.equal(wolf.stalled, 1);
+    assert.equal(acceptedAfter, accepted, 'the stalled tunnel accepted nothing more while the other downloads ran');
+    assert.ok(accepted < ACCEPTED_BOUND, `${accepted} bytes left the plane`);
+    assert.ok(waiting >= OFFER - ACCEPTED_BOUND, `the plane still holds ${waiting} bytes unsent`);
+    const growthKiB = Math.max(held.rssKiB, end.rssKiB) - before.rssKiB;
+    assert.ok(growthKiB < RSS_GROWTH_BOUND_KIB, `agent RSS grew ${growthKiB} KiB during the stall`);
+    const share = during.mibPerS / baseline.mibPerS;
+    assert.ok(share >= SPEED_SHARE, `the other tunnel ran at ${(share * 100).toFixed(0)}% of its unstalled speed`);
+    assert.equal(agent.child.exitCode, null);
 
-  t.diagnostic(
-    `figure 6: offered ${OFFER / MiB} MiB to a target that never reads; ${(accepted / MiB).toFixed(1)} MiB left the plane, then writes stopped completing (${(waiting / MiB).toFixed(1)} MiB waiting in the plane's stream, unchanged through the other downloads)`,
-  );
-  t.diagnostic(
-    `figure 6: agent RSS ${(before.rssKiB / 1024).toFixed(1)} MiB before the stall, ${(held.rssKiB / 1024).toFixed(1)} MiB stalled, ${(end.rssKiB / 1024).toFixed(1)} MiB after the other downloads (peak ${(end.peakRssKiB / 1024).toFixed(1)} MiB, growth bound ${RSS_GROWTH_BOUND_KIB / 1024} MiB)`,
-  );
-  t.diagnostic(
-    `figure 6: other tunnel, ${DOWNLOAD / MiB} MiB byte-exact, best of 2: ${baseline.mibPerS.toFixed(0)} MiB/s unstalled (${baseline.ms.toFixed(0)} ms), ${during.mibPerS.toFixed(0)} MiB/s beside the stall (${during.ms.toFixed(0)} ms): ${(share * 100).toFixed(0)}% (bound ${SPEED_SHARE * 100}%)`,
-  );
-});
+    t.diagnostic(
+      `figure 6: offered ${OFFER / MiB} MiB to a target that never reads; ${(accepted / MiB).toFixed(1)} MiB left the plane, then writes stopped completing (${(waiting / MiB).toFixed(1)} MiB waiting in the plane's stream, unchanged through the other downloads)`,
+    );
+    t.diagnostic(
+      `figure 6: agent RSS ${(before.rssKiB / 1024).toFixed(1)} MiB before the stall, ${(held.rssKiB / 1024).toFixed(1)} MiB stalled, ${(end.rssKiB / 1024).toFixed(1)} MiB after the other downloads (peak ${(end.peakRssKiB / 1024).toFixed(1)} MiB, growth bound ${RSS_GROWTH_BOUND_KIB / 1024} MiB)`,
+    );
+    t.diagnostic(
+      `figure 6: other tunnel, ${DOWNLOAD / MiB} MiB byte-exact, best of 2: ${baseline.mibPerS.toFixed(0)} MiB/s unstalled (${baseline.ms.toFixed(0)} ms), ${during.mibPerS.toFixed(0)} MiB/s beside the stall (${during.ms.toFixed(0)} ms): ${(share * 100).toFixed(0)}% (bound ${SPEED_SHARE * 100}%)`,
+    );
+  },
+);

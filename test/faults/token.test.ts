@@ -77,7 +77,9 @@ test('figure 10: a control plane that redirects the upgrade to another origin is
   let upgrades = 0;
   redirector.on('upgrade', (_req, socket) => {
     upgrades++;
-    socket.end(`HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:${port}/api/v1/revdial?runnerid=wolf-redirect\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+    socket.end(
+      `HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:${port}/api/v1/revdial?runnerid=wolf-redirect\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`,
+    );
   });
   await new Promise<void>((resolve) => redirector.listen(0, '127.0.0.1', resolve));
   t.after(() => new Promise<void>((resolve) => redirector.close(() => resolve())));
@@ -93,7 +95,10 @@ test('figure 10: a control plane that redirects the upgrade to another origin is
     await agent.logs.waitFor((l) => l.msg.startsWith('Control connection attempt failed') && Number(l.attempt) === n + 1, 10_000);
   }
   const failed = agent.logs.lines.filter((l) => l.msg.startsWith('Control connection attempt failed'));
-  assert.ok(failed.every((l) => l.code === 'REVDIAL_HANDSHAKE_REJECTED'), JSON.stringify(failed.map((l) => l.code)));
+  assert.ok(
+    failed.every((l) => l.code === 'REVDIAL_HANDSHAKE_REJECTED'),
+    JSON.stringify(failed.map((l) => l.code)),
+  );
   assert.ok(upgrades >= 3);
   assert.deepEqual(hits, [], 'the redirect was followed');
 });

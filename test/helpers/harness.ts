@@ -143,10 +143,7 @@ export class ManualClock implements Clock {
 
 export const TOKEN = randomBytes(16).toString('hex');
 
-export async function startPlane(
-  t: TestContext,
-  options: Partial<ControlPlaneOptions> & { token?: string } = {},
-): Promise<ControlPlane> {
+export async function startPlane(t: TestContext, options: Partial<ControlPlaneOptions> & { token?: string } = {}): Promise<ControlPlane> {
   const token = options.token ?? TOKEN;
   const plane = new ControlPlane({ authorize: (tok) => tok === token, ...options });
   await plane.listen(0, '127.0.0.1');

@@ -64,11 +64,7 @@ export function sample(text: string, name: string, labels: Record<string, string
     if (line.startsWith('#')) continue;
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? (\S+)$/.exec(line);
     if (!m || m[1] !== name) continue;
-    const have = (m[2] ?? '')
-      .split(',')
-      .filter(Boolean)
-      .sort()
-      .join(',');
+    const have = (m[2] ?? '').split(',').filter(Boolean).sort().join(',');
     if (have === want) return Number(m[3]);
   }
   return undefined;

@@ -131,18 +131,17 @@ test('a connPath naming another origin is refused with pickup-failed and never d
   const trapPort = (trap.address() as net.AddressInfo).port;
   const { logs, runnerId } = startAgent(t, plane, local);
   const dialer = await nextDialer(plane, runnerId);
-  for (const evil of [
-    `ws://127.0.0.1:${trapPort}/revdial?x=1`,
-    `//127.0.0.1:${trapPort}/revdial?x=1`,
-    `/\\127.0.0.1:${trapPort}/revdial?x=1`,
-  ]) {
+  for (const evil of [`ws://127.0.0.1:${trapPort}/revdial?x=1`, `//127.0.0.1:${trapPort}/revdial?x=1`, `/\\127.0.0.1:${trapPort}/revdial?x=1`]) {
     const failed = nextPickupFailed(plane);
     dialer.sendRaw(`${JSON.stringify({ command: 'conn-ready', connPath: evil })}\n`);
     const { connPath, err } = await failed;
     assert.equal(connPath, evil);
     assert.ok(err.startsWith(`${ErrorCodes.CONN_PATH_INVALID}:`), err);
   }
-  assert.equal(logs.count((l) => l.code === ErrorCodes.CONN_PATH_INVALID && l.level === 'warn'), 3);
+  assert.equal(
+    logs.count((l) => l.code === ErrorCodes.CONN_PATH_INVALID && l.level === 'warn'),
+    3,
+  );
   await health(plane, runnerId);
   assert.equal(trapped, 0);
 });
@@ -156,14 +155,21 @@ test('unknown commands and blank lines are ignored; the connection stays', async
   await logs.waitFor((l) => l.msg === 'ignoring unknown control command' && l.command === 'future-thing');
   await health(plane, runnerId);
   assert.equal(plane.dialer(runnerId), dialer);
-  assert.equal(logs.count((l) => l.msg.startsWith('Control connection lost')), 0);
+  assert.equal(
+    logs.count((l) => l.msg.startsWith('Control connection lost')),
+    0,
+  );
 });
 
 for (const [name, send, code] of [
   ['text frame', (d: Dialer) => d.sendRaw('{"command":"keep-alive"}\n', false), ErrorCodes.PROTOCOL_TEXT_FRAME],
-  ['endless line', (d: Dialer) => {
-    for (let i = 0; i < 40; i++) d.sendRaw(Buffer.alloc(1024, 0x61));
-  }, ErrorCodes.PROTOCOL_LINE_TOO_LONG],
+  [
+    'endless line',
+    (d: Dialer) => {
+      for (let i = 0; i < 40; i++) d.sendRaw(Buffer.alloc(1024, 0x61));
+    },
+    ErrorCodes.PROTOCOL_LINE_TOO_LONG,
+  ],
   ['invalid JSON', (d: Dialer) => d.sendRaw('{"command":"conn-ready",\u0001 oops\n'), ErrorCodes.PROTOCOL_INVALID_JSON],
 ] as const) {
   test(`${name} from the control plane: protocol error logged, reconnect, keeps serving`, async (t) => {
@@ -192,13 +198,14 @@ test('beyond --max-tunnels, conn-ready is refused at once; served again when tun
   });
   await nextDialer(plane, runnerId);
   const streams = await Promise.all([1, 2].map(() => plane.request(runnerId, { path: '/api/v1/events?keepaliveMs=50' })));
-  const flood = await Promise.allSettled(
-    Array.from({ length: 20 }, () => plane.request(runnerId, { path: '/api/v1/system/health' })),
-  );
+  const flood = await Promise.allSettled(Array.from({ length: 20 }, () => plane.request(runnerId, { path: '/api/v1/system/health' })));
   for (const r of flood) assert.equal(r.status === 'rejected' && (r.reason as { code?: string }).code, 'PICKUP_FAILED');
   assert.equal(results.filter((r) => r === 'refused_limit').length, 20);
   // One warning for the burst, not twenty.
-  assert.equal(logs.count((l) => l.code === ErrorCodes.TUNNEL_LIMIT), 1);
+  assert.equal(
+    logs.count((l) => l.code === ErrorCodes.TUNNEL_LIMIT),
+    1,
+  );
   for (const s of streams) s.destroy();
   await logs.waitFor((l) => l.msg === 'tunnel closed' && l.result === 'ok');
   await new Promise<void>((resolve) => {
@@ -223,7 +230,10 @@ test('token rejected: logged as an authentication failure, retried, and a rotate
   token = TOKEN;
   await nextDialer(plane, runnerId);
   await health(plane, runnerId);
-  assert.ok(logs.raw.every((line) => !line.includes(TOKEN) && !line.includes('wrong-token')), 'no token in logs');
+  assert.ok(
+    logs.raw.every((line) => !line.includes(TOKEN) && !line.includes('wrong-token')),
+    'no token in logs',
+  );
 });
 
 test('a half-open control path is noticed within the ping timeout and the agent reconnects', async (t) => {
@@ -288,7 +298,11 @@ test('a slow reader on the control plane side holds Wolf back: the agent stops r
   const { local } = await startWolf(t);
   let fromLocal = 0;
   const { runnerId } = startAgent(t, plane, local, {
-    observer: { bytes: (direction, n) => { if (direction === 'from_local') fromLocal += n; } },
+    observer: {
+      bytes: (direction, n) => {
+        if (direction === 'from_local') fromLocal += n;
+      },
+    },
   });
   await nextDialer(plane, runnerId);
   const size = 64 * 1024 * 1024;

@@ -65,7 +65,10 @@ test('defaults: checked every 60 s, offline once the last heartbeat is older tha
   assert.equal(line.level, 'warn');
   assert.equal(line.to, 'offline');
   assert.equal(line.from, 'online');
-  assert.equal(logs.count((l) => String(l.msg).includes('w2 marked')), 0);
+  assert.equal(
+    logs.count((l) => String(l.msg).includes('w2 marked')),
+    0,
+  );
 });
 
 test('configurable interval and threshold; a heartbeat brings an offline instance back online', () => {

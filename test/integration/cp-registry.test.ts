@@ -143,7 +143,15 @@ test('after deregistration the same name registers as a new instance (the 404-he
 
 test('a bad register body is 400 REVDIAL_REGISTRY_REQUEST_INVALID; max_sandboxes defaults to 10', async (t) => {
   const { base } = await setup(t);
-  for (const bad of ['not json', [], { address: 'x' }, { name: 'a b' }, { name: 'w', max_sandboxes: 0 }, { name: 'w', max_sandboxes: 1.5 }, { name: 'w', gpu_type: 5 }]) {
+  for (const bad of [
+    'not json',
+    [],
+    { address: 'x' },
+    { name: 'a b' },
+    { name: 'w', max_sandboxes: 0 },
+    { name: 'w', max_sandboxes: 1.5 },
+    { name: 'w', gpu_type: 5 },
+  ]) {
     const r = await call(base, 'POST', '/api/v1/wolf-instances/register', TOKEN, bad);
     assert.equal(r.status, 400, JSON.stringify(bad));
     assert.equal(field(r.body, 'code'), 'REVDIAL_REGISTRY_REQUEST_INVALID');

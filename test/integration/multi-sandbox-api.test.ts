@@ -121,7 +121,13 @@ test('the proxy does not hand the control plane token or hop-by-hop headers to W
   t.after(() => new Promise<void>((resolve) => echo.close(() => resolve())));
   const { base } = await setup(t, `127.0.0.1:${(echo.address() as AddressInfo).port}`);
   const id = String(field((await call(base, 'POST', '/api/v1/sandboxes', TOKEN, {})).body, 'id'));
-  const r = await raw(base, 'GET', `/api/v1/sandboxes/${id}/proxy/api/v1/apps?x=1`, { authorization: `Bearer ${TOKEN}`, 'x-trace': 'abc', 'proxy-authorization': 'Basic zzz' }, []);
+  const r = await raw(
+    base,
+    'GET',
+    `/api/v1/sandboxes/${id}/proxy/api/v1/apps?x=1`,
+    { authorization: `Bearer ${TOKEN}`, 'x-trace': 'abc', 'proxy-authorization': 'Basic zzz' },
+    [],
+  );
   assert.equal(r.status, 200);
   assert.equal(seenUrl, '/api/v1/apps?x=1');
   assert.equal(seen['x-trace'], 'abc');

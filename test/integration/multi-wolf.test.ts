@@ -33,105 +33,106 @@ function waitForEvent<T extends unknown[]>(emitter: EventEmitter, event: string,
   });
 }
 
-test('two real agents: spread, routing, GPU filter, failover after SIGKILL, capacity, deregister on SIGTERM, counts back to zero', { timeout: 60_000 }, async (t) => {
-  const token = randomBytes(16).toString('hex');
-  const logs = new LogCapture('info');
-  const fleet = createFleet({
-    authorize: (tok) => tok === token,
-    log: logs.log,
-    checkIntervalMs: 200,
-    offlineAfterMs: 1_500,
-    graceMs: 500,
-  });
-  await fleet.plane.listen(0, '127.0.0.1');
-  fleet.monitor.start();
-  t.after(() => fleet.close());
-  const base = fleet.plane.url;
+test(
+  'two real agents: spread, routing, GPU filter, failover after SIGKILL, capacity, deregister on SIGTERM, counts back to zero',
+  { timeout: 60_000 },
+  async (t) => {
+    const token = randomBytes(16).toString('hex');
+    const logs = new LogCapture('info');
+    const fleet = createFleet({
+      authorize: (tok) => tok === token,
+      log: logs.log,
+      checkIntervalMs: 200,
+      offlineAfterMs: 1_500,
+      graceMs: 500,
+    });
+    await fleet.plane.listen(0, '127.0.0.1');
+    fleet.monitor.start();
+    t.after(() => fleet.close());
+    const base = fleet.plane.url;
 
-  const nodes = [
-    { name: 'e2e-a', gpu: 'nvidia' },
-    { name: 'e2e-b', gpu: 'amd' },
-  ];
-  const registered = waitForEvent(fleet.registry, 'registered', () => nodes.every((n) => fleet.registry.findByName(n.name)), 'both agents to register');
-  const started = [];
-  for (const n of nodes) {
-    const { wolf, local } = await startWolf(t);
-    const agent = spawnAgent(
-      t,
-      agentEnv({ HELIX_API_URL: base, WOLF_ID: n.name, RUNNER_TOKEN: token, WOLF_LOCAL_ADDR: local, LOG_LEVEL: 'info', REVDIAL_METRICS_ADDR: '127.0.0.1:0' }),
-      ['--register', '--gpu-type', n.gpu, '--max-sandboxes', '4', '--heartbeat-interval', '0.3', '--advertise-address', local],
-    );
-    started.push({ ...n, wolf, agent });
-  }
-  const [a, b] = started as [(typeof started)[number], (typeof started)[number]];
-  await registered;
-  await Promise.all(nodes.map((n) => fleet.plane.waitForRunner(`wolf-${n.name}`, WAIT_MS)));
-  const list = await call(base, 'GET', '/api/v1/wolf-instances', token);
-  assert.deepEqual(
-    (list.body as WolfInstance[]).map((i) => [i.name, i.gpu_type, i.max_sandboxes, i.status]).sort(),
-    [
+    const nodes = [
+      { name: 'e2e-a', gpu: 'nvidia' },
+      { name: 'e2e-b', gpu: 'amd' },
+    ];
+    const registered = waitForEvent(fleet.registry, 'registered', () => nodes.every((n) => fleet.registry.findByName(n.name)), 'both agents to register');
+    const started = [];
+    for (const n of nodes) {
+      const { wolf, local } = await startWolf(t);
+      const agent = spawnAgent(
+        t,
+        agentEnv({ HELIX_API_URL: base, WOLF_ID: n.name, RUNNER_TOKEN: token, WOLF_LOCAL_ADDR: local, LOG_LEVEL: 'info', REVDIAL_METRICS_ADDR: '127.0.0.1:0' }),
+        ['--register', '--gpu-type', n.gpu, '--max-sandboxes', '4', '--heartbeat-interval', '0.3', '--advertise-address', local],
+      );
+      started.push({ ...n, wolf, agent });
+    }
+    const [a, b] = started as [(typeof started)[number], (typeof started)[number]];
+    await registered;
+    await Promise.all(nodes.map((n) => fleet.plane.waitForRunner(`wolf-${n.name}`, WAIT_MS)));
+    const list = await call(base, 'GET', '/api/v1/wolf-instances', token);
+    assert.deepEqual((list.body as WolfInstance[]).map((i) => [i.name, i.gpu_type, i.max_sandboxes, i.status]).sort(), [
       ['e2e-a', 'nvidia', 4, 'online'],
       ['e2e-b', 'amd', 4, 'online'],
-    ],
-  );
+    ]);
 
-  // Spread and routing.
-  const made: Sandbox[] = [];
-  for (let k = 0; k < 4; k++) {
-    const r = await call(base, 'POST', '/api/v1/sandboxes', token, {});
-    assert.equal(r.status, 201);
-    made.push(r.body as Sandbox);
-  }
-  assert.deepEqual(fleet.sandboxes.spread(), { 'e2e-a': 2, 'e2e-b': 2 });
-  const before = [a.wolf.requests, b.wolf.requests];
-  for (const s of made) {
-    const r = await call(base, 'GET', `/api/v1/sandboxes/${s.id}/proxy/api/v1/system/health`, token);
-    assert.equal(r.status, 200);
-    assert.equal(field(r.body, 'status'), 'ok');
-  }
-  assert.deepEqual([a.wolf.requests - (before[0] as number), b.wolf.requests - (before[1] as number)], [2, 2]);
+    // Spread and routing.
+    const made: Sandbox[] = [];
+    for (let k = 0; k < 4; k++) {
+      const r = await call(base, 'POST', '/api/v1/sandboxes', token, {});
+      assert.equal(r.status, 201);
+      made.push(r.body as Sandbox);
+    }
+    assert.deepEqual(fleet.sandboxes.spread(), { 'e2e-a': 2, 'e2e-b': 2 });
+    const before = [a.wolf.requests, b.wolf.requests];
+    for (const s of made) {
+      const r = await call(base, 'GET', `/api/v1/sandboxes/${s.id}/proxy/api/v1/system/health`, token);
+      assert.equal(r.status, 200);
+      assert.equal(field(r.body, 'status'), 'ok');
+    }
+    assert.deepEqual([a.wolf.requests - (before[0] as number), b.wolf.requests - (before[1] as number)], [2, 2]);
 
-  // GPU filter.
-  const nv = await call(base, 'POST', '/api/v1/sandboxes', token, { gpu_type: 'nvidia' });
-  assert.equal(field(nv.body, 'instance_name'), 'e2e-a');
-  made.push(nv.body as Sandbox);
+    // GPU filter.
+    const nv = await call(base, 'POST', '/api/v1/sandboxes', token, { gpu_type: 'nvidia' });
+    assert.equal(field(nv.body, 'instance_name'), 'e2e-a');
+    made.push(nv.body as Sandbox);
 
-  // SIGKILL b: tunnel gone (degraded), heartbeats stop (offline).
-  const degraded = waitForEvent<[WolfInstance]>(fleet.registry, 'status', (i) => i.name === 'e2e-b' && i.status === 'degraded', 'e2e-b degraded');
-  const offline = waitForEvent<[WolfInstance]>(fleet.registry, 'status', (i) => i.name === 'e2e-b' && i.status === 'offline', 'e2e-b offline');
-  b.agent.child.kill('SIGKILL');
-  await degraded;
-  await offline;
-  assert.ok(logs.find((l) => l.msg.startsWith('Wolf instance e2e-b marked offline') && l.level === 'warn'));
+    // SIGKILL b: tunnel gone (degraded), heartbeats stop (offline).
+    const degraded = waitForEvent<[WolfInstance]>(fleet.registry, 'status', (i) => i.name === 'e2e-b' && i.status === 'degraded', 'e2e-b degraded');
+    const offline = waitForEvent<[WolfInstance]>(fleet.registry, 'status', (i) => i.name === 'e2e-b' && i.status === 'offline', 'e2e-b offline');
+    b.agent.child.kill('SIGKILL');
+    await degraded;
+    await offline;
+    assert.ok(logs.find((l) => l.msg.startsWith('Wolf instance e2e-b marked offline') && l.level === 'warn'));
 
-  // New sandboxes go to a until it is full (4), then a coded 503.
-  const fresh = await call(base, 'POST', '/api/v1/sandboxes', token, {});
-  assert.equal(field(fresh.body, 'instance_name'), 'e2e-a');
-  made.push(fresh.body as Sandbox);
-  const full = await call(base, 'POST', '/api/v1/sandboxes', token, {});
-  assert.equal(full.status, 503);
-  assert.equal(field(full.body, 'code'), 'REVDIAL_NO_INSTANCE_AVAILABLE');
-  assert.equal(fleet.registry.findByName('e2e-a')?.connected_sandboxes, 4);
+    // New sandboxes go to a until it is full (4), then a coded 503.
+    const fresh = await call(base, 'POST', '/api/v1/sandboxes', token, {});
+    assert.equal(field(fresh.body, 'instance_name'), 'e2e-a');
+    made.push(fresh.body as Sandbox);
+    const full = await call(base, 'POST', '/api/v1/sandboxes', token, {});
+    assert.equal(full.status, 503);
+    assert.equal(field(full.body, 'code'), 'REVDIAL_NO_INSTANCE_AVAILABLE');
+    assert.equal(fleet.registry.findByName('e2e-a')?.connected_sandboxes, 4);
 
-  // A sandbox on the dead Wolf cannot be reached; one on the survivor can.
-  const onB = made.find((s) => s.instance_name === 'e2e-b') as Sandbox;
-  const dead = await call(base, 'GET', `/api/v1/sandboxes/${onB.id}/proxy/api/v1/system/health`, token);
-  assert.equal(dead.status, 502);
-  assert.equal(field(dead.body, 'code'), 'REVDIAL_SANDBOX_UNREACHABLE');
-  const alive = await call(base, 'GET', `/api/v1/sandboxes/${(fresh.body as Sandbox).id}/proxy/api/v1/system/health`, token);
-  assert.equal(alive.status, 200);
+    // A sandbox on the dead Wolf cannot be reached; one on the survivor can.
+    const onB = made.find((s) => s.instance_name === 'e2e-b') as Sandbox;
+    const dead = await call(base, 'GET', `/api/v1/sandboxes/${onB.id}/proxy/api/v1/system/health`, token);
+    assert.equal(dead.status, 502);
+    assert.equal(field(dead.body, 'code'), 'REVDIAL_SANDBOX_UNREACHABLE');
+    const alive = await call(base, 'GET', `/api/v1/sandboxes/${(fresh.body as Sandbox).id}/proxy/api/v1/system/health`, token);
+    assert.equal(alive.status, 200);
 
-  // SIGTERM a: it deregisters on the way out.
-  const gone = waitForEvent<[WolfInstance]>(fleet.registry, 'deregistered', (i) => i.name === 'e2e-a', 'e2e-a to deregister');
-  a.agent.child.kill('SIGTERM');
-  assert.deepEqual(await a.agent.exited, { code: 0, signal: null });
-  await gone;
+    // SIGTERM a: it deregisters on the way out.
+    const gone = waitForEvent<[WolfInstance]>(fleet.registry, 'deregistered', (i) => i.name === 'e2e-a', 'e2e-a to deregister');
+    a.agent.child.kill('SIGTERM');
+    assert.deepEqual(await a.agent.exited, { code: 0, signal: null });
+    await gone;
 
-  // Destroy everything.
-  for (const s of made) assert.equal((await call(base, 'DELETE', `/api/v1/sandboxes/${s.id}`, token)).status, 200);
-  assert.equal(fleet.sandboxes.list().length, 0);
-  assert.deepEqual(
-    fleet.registry.list().map((i) => [i.name, i.status, i.connected_sandboxes]),
-    [['e2e-b', 'offline', 0]],
-  );
-});
+    // Destroy everything.
+    for (const s of made) assert.equal((await call(base, 'DELETE', `/api/v1/sandboxes/${s.id}`, token)).status, 200);
+    assert.equal(fleet.sandboxes.list().length, 0);
+    assert.deepEqual(
+      fleet.registry.list().map((i) => [i.name, i.status, i.connected_sandboxes]),
+      [['e2e-b', 'offline', 0]],
+    );
+  },
+);

@@ -43,16 +43,7 @@ async function startTinyproxy(t: TestContext): Promise<Tinyproxy> {
   const conf = join(dir, 'tinyproxy.conf');
   writeFileSync(
     conf,
-    [
-      `Port ${port}`,
-      'Listen 127.0.0.1',
-      'Timeout 60',
-      'MaxClients 50',
-      'LogLevel Connect',
-      `BasicAuth ${USER} ${PASSWORD}`,
-      'Allow 127.0.0.1',
-      '',
-    ].join('\n'),
+    [`Port ${port}`, 'Listen 127.0.0.1', 'Timeout 60', 'MaxClients 50', 'LogLevel Connect', `BasicAuth ${USER} ${PASSWORD}`, 'Allow 127.0.0.1', ''].join('\n'),
   );
   // -d: foreground, log lines on stdout.
   const child: ChildProcess = spawn(TINYPROXY as string, ['-d', '-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -34,11 +34,7 @@ class RegistryEvents extends ObserverEvents {
   }
 }
 
-function startClient(
-  t: TestContext,
-  plane: ControlPlane,
-  overrides: Partial<RegistryClientOptions> = {},
-): { client: RegistryClient; logs: LogCapture } {
+function startClient(t: TestContext, plane: ControlPlane, overrides: Partial<RegistryClientOptions> = {}): { client: RegistryClient; logs: LogCapture } {
   const logs = new LogCapture();
   const dispatcher = new UndiciAgent();
   const client = new RegistryClient({
@@ -95,7 +91,10 @@ test('registers with the PROTOCOL.md fields, heartbeats, registers again after a
   assert.notEqual(second.id, instance.id);
   await logs.waitFor((l) => l.msg.includes('Registered with the control plane registry') && l.instanceId === second.id);
   assert.equal(client.instanceId, second.id);
-  assert.equal(logs.count((l) => /heartbeat answered 404/.test(l.msg)), 1);
+  assert.equal(
+    logs.count((l) => /heartbeat answered 404/.test(l.msg)),
+    1,
+  );
 
   const text = await metrics.registry.metrics();
   assert.ok((sample(text, 'revdial_registry_heartbeats_total', { result: 'ok' }) ?? 0) >= 3);
@@ -119,7 +118,10 @@ test('a control plane without a registry gets one warning and slow retries', asy
   const events = new RegistryEvents();
   const { logs } = startClient(t, plane, { observer: events, missingRegistryRetryMs: 20 });
   for (let i = 0; i < 4; i++) assert.equal(await events.next('registration'), 'not_found');
-  assert.equal(logs.count((l) => l.level === 'warn'), 1);
+  assert.equal(
+    logs.count((l) => l.level === 'warn'),
+    1,
+  );
   assert.ok(logs.find((l) => l.level === 'warn' && l.status === 404));
 });
 

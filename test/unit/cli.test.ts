@@ -64,13 +64,39 @@ test('--help names every option with its variable and default, and never a token
   });
   assert.equal((await agent.exited).code, 0);
   for (const name of [
-    'HELIX_API_URL', 'WOLF_ID', 'RUNNER_TOKEN', 'RUNNER_TOKEN_FILE', 'WOLF_LOCAL_ADDR', 'LOG_LEVEL',
-    'REVDIAL_RUNNER_ID', 'REVDIAL_RECONNECT_MAX', 'REVDIAL_PING_INTERVAL', 'REVDIAL_PING_TIMEOUT',
-    'REVDIAL_GRACE_PERIOD', 'REVDIAL_MAX_TUNNELS', 'REVDIAL_CA_FILE', 'REVDIAL_INSECURE_SKIP_TLS_VERIFY',
+    'HELIX_API_URL',
+    'WOLF_ID',
+    'RUNNER_TOKEN',
+    'RUNNER_TOKEN_FILE',
+    'WOLF_LOCAL_ADDR',
+    'LOG_LEVEL',
+    'REVDIAL_RUNNER_ID',
+    'REVDIAL_RECONNECT_MAX',
+    'REVDIAL_PING_INTERVAL',
+    'REVDIAL_PING_TIMEOUT',
+    'REVDIAL_GRACE_PERIOD',
+    'REVDIAL_MAX_TUNNELS',
+    'REVDIAL_CA_FILE',
+    'REVDIAL_INSECURE_SKIP_TLS_VERIFY',
   ]) {
     assert.ok(out.replace(/\s+/g, ' ').includes(name), name);
   }
-  for (const flag of ['--api-url', '--wolf-id', '--token ', '--token-file', '--runner-id', '--local', '--reconnect', '--ping-interval', '--ping-timeout', '--grace-period', '--max-tunnels', '--ca-file', '--insecure-skip-tls-verify', '--log-level']) {
+  for (const flag of [
+    '--api-url',
+    '--wolf-id',
+    '--token ',
+    '--token-file',
+    '--runner-id',
+    '--local',
+    '--reconnect',
+    '--ping-interval',
+    '--ping-timeout',
+    '--grace-period',
+    '--max-tunnels',
+    '--ca-file',
+    '--insecure-skip-tls-verify',
+    '--log-level',
+  ]) {
     assert.ok(out.includes(flag), flag);
   }
   assert.match(out.replace(/\s+/g, ' '), /default: "localhost:8080"/);
@@ -161,7 +187,10 @@ test('the executable: connects, serves, drains on SIGTERM (exit 0); a second sig
   assert.deepEqual(await done, { bytes: size, sha256: expectedDigest(size, 'term') });
   assert.equal((await agent.exited).code, 0);
   assert.ok(agent.logs.find((l) => l.msg === 'Stopped'));
-  assert.ok(agent.logs.raw.every((l) => !l.includes(TOKEN)), 'token never logged');
+  assert.ok(
+    agent.logs.raw.every((l) => !l.includes(TOKEN)),
+    'token never logged',
+  );
 
   // Second signal during a drain: exit 143 at once.
   const again = spawnAgent(t, env, ['--grace-period', '60']);

@@ -19,10 +19,7 @@ test('data URL: the advertised /revdial becomes [/base]/api/v1/revdial, query ke
   assert.equal(dataUrl(new URL('https://api.example.com'), `/revdial?${q}`).href, `wss://api.example.com/api/v1/revdial?${q}`);
   assert.equal(dataUrl(new URL('http://h:81/helix/'), `/revdial?${q}`).href, `ws://h:81/helix/api/v1/revdial?${q}`);
   // Older control planes: no revdial.req.
-  assert.equal(
-    dataUrl(new URL('http://h'), '/revdial?revdial.dialer=00ff').href,
-    'ws://h/api/v1/revdial?revdial.dialer=00ff',
-  );
+  assert.equal(dataUrl(new URL('http://h'), '/revdial?revdial.dialer=00ff').href, 'ws://h/api/v1/revdial?revdial.dialer=00ff');
   // A full path is used as is.
   assert.equal(dataUrl(new URL('http://h/helix'), `/api/v1/revdial?${q}`).href, `ws://h/api/v1/revdial?${q}`);
   // Only a whole "/revdial" segment is rewritten.

@@ -1,15 +1,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ErrorCodes } from '../../src/agent/errors.js';
-import {
-  LineReader,
-  MAX_SENT_LINE_BYTES,
-  encodeControlMessage,
-  parseControlLine,
-} from '../../src/agent/control/framing.js';
+import { LineReader, MAX_SENT_LINE_BYTES, encodeControlMessage, parseControlLine } from '../../src/agent/control/framing.js';
 
-const lines = (r: LineReader, ...chunks: string[]): string[] =>
-  chunks.flatMap((c) => r.push(Buffer.from(c)).map((b) => b.toString()));
+const lines = (r: LineReader, ...chunks: string[]): string[] => chunks.flatMap((c) => r.push(Buffer.from(c)).map((b) => b.toString()));
 
 test('lines are reassembled across messages, whatever the split', () => {
   const text = '{"command":"keep-alive"}\n{"command":"conn-ready","connPath":"/revdial?a=1"}\n';
@@ -53,7 +47,10 @@ test('parseControlLine: objects with string fields; blank lines skipped; everyth
 });
 
 test('encodeControlMessage omits empty fields and ends with a newline', () => {
-  assert.equal(encodeControlMessage({ command: 'pickup-failed', connPath: '/revdial?x=1', err: '' })?.toString(), '{"command":"pickup-failed","connPath":"/revdial?x=1"}\n');
+  assert.equal(
+    encodeControlMessage({ command: 'pickup-failed', connPath: '/revdial?x=1', err: '' })?.toString(),
+    '{"command":"pickup-failed","connPath":"/revdial?x=1"}\n',
+  );
   assert.equal(encodeControlMessage({ command: 'keep-alive' })?.toString(), '{"command":"keep-alive"}\n');
 });
 

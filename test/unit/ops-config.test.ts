@@ -21,7 +21,9 @@ import { get, sample } from '../helpers/ops.js';
 const BASE_ENV = { HELIX_API_URL: 'https://api.example.com', WOLF_ID: 'box-1', RUNNER_TOKEN: 'tok' };
 
 function configOf(args: string[], env: NodeJS.ProcessEnv = {}, gpuPaths?: { dev: string; drmClass: string }) {
-  const program = buildProgram().exitOverride().configureOutput({ writeErr: () => undefined });
+  const program = buildProgram()
+    .exitOverride()
+    .configureOutput({ writeErr: () => undefined });
   const full = { ...BASE_ENV, ...env };
   // commander reads variables from process.env; set them for the parse only.
   const saved = { ...process.env };
@@ -69,7 +71,13 @@ test('flags and variables of the operations options', () => {
   assert.equal(configOf([], { REVDIAL_REGISTER: 'false' }).register, false);
   assert.equal(configOf(['--register'], { REVDIAL_REGISTER: 'false' }).register, true);
   assert.throws(() => configOf([], { REVDIAL_REGISTER: 'maybe' }), { code: ErrorCodes.CONFIG_INVALID });
-  for (const bad of [['--gpu-type', 'intel'], ['--max-sandboxes', '0'], ['--metrics-addr', 'nine'], ['--proxy', 'socks5://p:1'], ['--heartbeat-interval', '0']]) {
+  for (const bad of [
+    ['--gpu-type', 'intel'],
+    ['--max-sandboxes', '0'],
+    ['--metrics-addr', 'nine'],
+    ['--proxy', 'socks5://p:1'],
+    ['--heartbeat-interval', '0'],
+  ]) {
     assert.throws(() => configOf(bad), { code: 'commander.invalidArgument' }, bad.join(' '));
   }
 });
@@ -91,7 +99,14 @@ test('GPU auto-detection reads device nodes only', (t) => {
   assert.equal(detectGpuType(host('amd', { 'dev/dri/renderD128': '', 'sys/renderD128/device/vendor': '0x1002\n' })), 'amd');
   assert.equal(detectGpuType(host('intel', { 'dev/dri/renderD128': '', 'sys/renderD128/device/vendor': '0x8086\n' })), 'none');
   assert.equal(
-    detectGpuType(host('intel-amd', { 'dev/dri/renderD128': '', 'sys/renderD128/device/vendor': '0x8086\n', 'dev/dri/renderD129': '', 'sys/renderD129/device/vendor': '0x1002\n' })),
+    detectGpuType(
+      host('intel-amd', {
+        'dev/dri/renderD128': '',
+        'sys/renderD128/device/vendor': '0x8086\n',
+        'dev/dri/renderD129': '',
+        'sys/renderD129/device/vendor': '0x1002\n',
+      }),
+    ),
     'amd',
   );
   assert.equal(detectGpuType(host('empty', {})), 'none');
@@ -106,10 +121,7 @@ test('the executable: a metrics port in use exits 2 with REVDIAL_OPS_LISTEN_FAIL
   const plane = await startPlane(t);
   let upgrades = 0;
   plane.server.on('upgrade', () => upgrades++);
-  const agent = spawnAgent(
-    t,
-    agentEnv({ HELIX_API_URL: plane.url, WOLF_ID: 'busy', RUNNER_TOKEN: TOKEN, REVDIAL_METRICS_ADDR: `127.0.0.1:${port}` }),
-  );
+  const agent = spawnAgent(t, agentEnv({ HELIX_API_URL: plane.url, WOLF_ID: 'busy', RUNNER_TOKEN: TOKEN, REVDIAL_METRICS_ADDR: `127.0.0.1:${port}` }));
   const { code } = await agent.exited;
   assert.equal(code, 2);
   const fatal = agent.logs.find((l) => l.level === 'fatal');

@@ -195,10 +195,20 @@ test('unknown paths answer 404, other methods 405', async (t) => {
 
 test('a port in use is a coded error naming the address and the variable', async (t) => {
   const log = new LogCapture();
-  const first = new OpsServer({ address: { host: '127.0.0.1', port: 0 }, readiness: () => ({ ready: true }), metrics: async () => ({ contentType: 'text/plain', body: '' }), log: log.log });
+  const first = new OpsServer({
+    address: { host: '127.0.0.1', port: 0 },
+    readiness: () => ({ ready: true }),
+    metrics: async () => ({ contentType: 'text/plain', body: '' }),
+    log: log.log,
+  });
   const { port } = await first.listen();
   t.after(() => first.close());
-  const second = new OpsServer({ address: { host: '127.0.0.1', port }, readiness: () => ({ ready: true }), metrics: async () => ({ contentType: 'text/plain', body: '' }), log: log.log });
+  const second = new OpsServer({
+    address: { host: '127.0.0.1', port },
+    readiness: () => ({ ready: true }),
+    metrics: async () => ({ contentType: 'text/plain', body: '' }),
+    log: log.log,
+  });
   await assert.rejects(second.listen(), (err: Error & { code?: string; cause?: { code?: string } }) => {
     assert.equal(err.code, ErrorCodes.OPS_LISTEN_FAILED);
     assert.equal(err.cause?.code, 'EADDRINUSE');

@@ -18,8 +18,7 @@ function setup(...wolves: RegisterInput[]) {
   const registry = new Registry({ clock });
   const ids = wolves.map((w) => registry.register(w).id);
   const sandboxes = new Sandboxes({ registry, tunnels: noTunnels, clock });
-  const counts = (): Record<string, number> =>
-    Object.fromEntries(registry.list().map((i) => [i.name, i.connected_sandboxes]));
+  const counts = (): Record<string, number> => Object.fromEntries(registry.list().map((i) => [i.name, i.connected_sandboxes]));
   return { clock, registry, sandboxes, ids, counts };
 }
 
@@ -33,16 +32,15 @@ function codeOf(fn: () => unknown): string | undefined {
 }
 
 test('20 sandboxes over 3 equal Wolfs: no instance more than one above another, after every create', () => {
-  const { sandboxes, counts, registry } = setup(
-    { name: 'a', max_sandboxes: 10 },
-    { name: 'b', max_sandboxes: 10 },
-    { name: 'c', max_sandboxes: 10 },
-  );
+  const { sandboxes, counts, registry } = setup({ name: 'a', max_sandboxes: 10 }, { name: 'b', max_sandboxes: 10 }, { name: 'c', max_sandboxes: 10 });
   for (let n = 1; n <= 20; n++) {
     sandboxes.create();
     const values = Object.values(counts());
     assert.ok(Math.max(...values) - Math.min(...values) <= 1, `after ${n}: ${JSON.stringify(counts())}`);
-    assert.equal(values.reduce((x, y) => x + y, 0), n);
+    assert.equal(
+      values.reduce((x, y) => x + y, 0),
+      n,
+    );
   }
   assert.deepEqual(Object.values(counts()).sort(), [6, 7, 7]);
   // The records agree with the registry's counts.
@@ -89,7 +87,10 @@ test('GPU filtering: a requested type only lands on matching Wolfs (any case); n
   }
   assert.equal(sandboxes.create({ gpuType: 'amd' }).instance_name, 'a1');
   assert.equal(sandboxes.create({ gpuType: 'none' }).instance_name, 'cpu');
-  assert.equal(codeOf(() => sandboxes.create({ gpuType: 'tpu' })), 'REVDIAL_NO_INSTANCE_AVAILABLE');
+  assert.equal(
+    codeOf(() => sandboxes.create({ gpuType: 'tpu' })),
+    'REVDIAL_NO_INSTANCE_AVAILABLE',
+  );
   // Two more nvidia fill n1 and n2 (4 each); the next nvidia one has nowhere to go,
   // though amd and cpu Wolfs still have room.
   sandboxes.create({ gpuType: 'nvidia' });
@@ -122,7 +123,10 @@ test('only online instances are chosen; offline and degraded are skipped', () =>
   }
   assert.ok(caught instanceof NoInstanceAvailableError);
   assert.equal(caught.details.online, 0);
-  assert.equal(codeOf(() => selectInstance([])), 'REVDIAL_NO_INSTANCE_AVAILABLE');
+  assert.equal(
+    codeOf(() => selectInstance([])),
+    'REVDIAL_NO_INSTANCE_AVAILABLE',
+  );
 });
 
 test('failover: once an instance is offline every new sandbox goes to the others, spread evenly', () => {
@@ -136,11 +140,7 @@ test('failover: once an instance is offline every new sandbox goes to the others
 });
 
 test('destroying every sandbox brings every count back to zero; unknown ids are REVDIAL_SANDBOX_NOT_FOUND', () => {
-  const { sandboxes, registry, ids, counts } = setup(
-    { name: 'a', max_sandboxes: 7 },
-    { name: 'b', max_sandboxes: 7 },
-    { name: 'c', max_sandboxes: 7 },
-  );
+  const { sandboxes, registry, ids, counts } = setup({ name: 'a', max_sandboxes: 7 }, { name: 'b', max_sandboxes: 7 }, { name: 'c', max_sandboxes: 7 });
   const made = Array.from({ length: 20 }, () => sandboxes.create());
   // An instance going away while it holds sandboxes does not break destroy.
   registry.setStatus(ids[2] as string, 'offline', 'test');
@@ -149,7 +149,10 @@ test('destroying every sandbox brings every count back to zero; unknown ids are 
   for (const s of sandboxes.list()) sandboxes.destroy(s.id);
   assert.deepEqual(counts(), { a: 0, b: 0, c: 0 });
   assert.equal(sandboxes.list().length, 0);
-  assert.equal(codeOf(() => sandboxes.destroy(made[0]?.id ?? '')), 'REVDIAL_SANDBOX_NOT_FOUND');
+  assert.equal(
+    codeOf(() => sandboxes.destroy(made[0]?.id ?? '')),
+    'REVDIAL_SANDBOX_NOT_FOUND',
+  );
   assert.deepEqual(counts(), { a: 0, b: 0, c: 0 });
 });
 
@@ -163,7 +166,7 @@ test('a deregistered holder: its sandboxes can still be destroyed, requests fail
   assert.equal(sandboxes.list().length, 0);
 });
 
-test('requests go to the holder\'s runner id; tunnel failures become REVDIAL_SANDBOX_UNREACHABLE with the cause', async () => {
+test("requests go to the holder's runner id; tunnel failures become REVDIAL_SANDBOX_UNREACHABLE with the cause", async () => {
   const asked: string[] = [];
   const clock = new FakeClock();
   const registry = new Registry({ clock });

@@ -81,7 +81,10 @@ export class LineReader {
 
 /** A short printable preview of bad input for a log line. */
 export function preview(line: Buffer, max = 80): string {
-  const text = line.subarray(0, max).toString('utf8').replace(/[^\x20-\x7e]/g, '.');
+  const text = line
+    .subarray(0, max)
+    .toString('utf8')
+    .replace(/[^\x20-\x7e]/g, '.');
   return line.length > max ? `${text}…` : text;
 }
 
@@ -113,11 +116,7 @@ export function parseControlLine(line: Buffer): ControlMessage | null {
 
 function invalid(line: Buffer, cause: unknown): RevdialError {
   const reason = cause instanceof Error ? cause.message : String(cause);
-  return new RevdialError(
-    ErrorCodes.PROTOCOL_INVALID_JSON,
-    `invalid control message (${reason}): "${preview(line)}"`,
-    { cause },
-  );
+  return new RevdialError(ErrorCodes.PROTOCOL_INVALID_JSON, `invalid control message (${reason}): "${preview(line)}"`, { cause });
 }
 
 /**

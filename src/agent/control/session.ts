@@ -118,12 +118,7 @@ export class ControlSession {
     this.#armDeadline();
     if (this.#endReason !== undefined) return;
     if (!isBinary) {
-      this.#fail(
-        new RevdialError(
-          ErrorCodes.PROTOCOL_TEXT_FRAME,
-          'control plane sent a text frame; the RevDial protocol uses binary frames only',
-        ),
-      );
+      this.#fail(new RevdialError(ErrorCodes.PROTOCOL_TEXT_FRAME, 'control plane sent a text frame; the RevDial protocol uses binary frames only'));
       return;
     }
     let lines: Buffer[];
@@ -159,11 +154,7 @@ export class ControlSession {
   }
 
   #onError = (err: Error): void => {
-    this.#endReason ??= new RevdialError(
-      ErrorCodes.CONTROL_CLOSED,
-      `control connection error: ${describe(err)}`,
-      { cause: err },
-    );
+    this.#endReason ??= new RevdialError(ErrorCodes.CONTROL_CLOSED, `control connection error: ${describe(err)}`, { cause: err });
   };
 
   #onClose = (code: number, reason: Buffer): void => {
@@ -174,9 +165,7 @@ export class ControlSession {
     this.#ws.removeListener('pong', this.#onAlive);
     this.#ws.removeListener('ping', this.#onAlive);
     const said = reason.length > 0 ? ` "${describe(reason.toString('utf8'), 80)}"` : '';
-    const error =
-      this.#endReason ??
-      new RevdialError(ErrorCodes.CONTROL_CLOSED, `control plane closed the control connection (code ${code}${said})`);
+    const error = this.#endReason ?? new RevdialError(ErrorCodes.CONTROL_CLOSED, `control plane closed the control connection (code ${code}${said})`);
     this.#resolveClosed({ error, uptimeMs: this.#clock.now() - this.#openedAt });
   };
 }

@@ -21,13 +21,7 @@ import { type ControlPlaneTransport, dialWebSocket } from '../net/ws-dial.js';
 
 /** Every value `tunnelEnded` reports: a small fixed set, fit for a metric label. */
 export type TunnelResult =
-  | TunnelOutcome['result']
-  | 'refused_limit'
-  | 'refused_shutdown'
-  | 'invalid_conn_path'
-  | 'local_dial_failed'
-  | 'data_dial_failed'
-  | 'pickup_timeout';
+  TunnelOutcome['result'] | 'refused_limit' | 'refused_shutdown' | 'invalid_conn_path' | 'local_dial_failed' | 'data_dial_failed' | 'pickup_timeout';
 
 /** Hooks for metrics and tests; every method is optional and must not throw. */
 export interface AgentObserver {
@@ -259,10 +253,7 @@ export class Agent {
     if (this.#stop.signal.aborted) {
       session.close(this.#stop.signal.reason as RevdialError);
     } else {
-      this.#log.info(
-        { controlPlane: safeOrigin(this.#controlUrl), runnerId: this.#o.runnerId },
-        'Connected to control plane via RevDial',
-      );
+      this.#log.info({ controlPlane: safeOrigin(this.#controlUrl), runnerId: this.#o.runnerId }, 'Connected to control plane via RevDial');
       this.#log.info(
         { local: describeTarget(this.#o.local) },
         `RevDial listener ready, proxying connections to local Wolf API at ${describeTarget(this.#o.local)}`,
@@ -278,25 +269,15 @@ export class Agent {
       this.#log.info('Control connection closed');
       return;
     }
-    this.#log.warn(
-      { code: end.error.code, uptimeMs: end.uptimeMs, tunnels: this.#tunnels.size },
-      `Control connection lost: ${end.error.message}`,
-    );
+    this.#log.warn({ code: end.error.code, uptimeMs: end.uptimeMs, tunnels: this.#tunnels.size }, `Control connection lost: ${end.error.message}`);
     if (end.uptimeMs >= this.#o.stableAfterMs) return;
-    throw new RevdialError(
-      ErrorCodes.CONTROL_UNSTABLE,
-      `control connection lasted only ${end.uptimeMs} ms (${end.error.code})`,
-      { cause: end.error },
-    );
+    throw new RevdialError(ErrorCodes.CONTROL_UNSTABLE, `control connection lasted only ${end.uptimeMs} ms (${end.error.code})`, { cause: end.error });
   };
 
   #onFailedAttempt = ({ error, attemptNumber, retryDelay }: RetryContext): void => {
     this.#o.observer.controlAttemptFailed?.(codeOf(error), attemptNumber, retryDelay);
     if (codeOf(error) === ErrorCodes.CONTROL_UNSTABLE) return;
-    this.#log.warn(
-      { code: codeOf(error), attempt: attemptNumber, retryInMs: retryDelay },
-      `Control connection attempt failed: ${describe(error, 400)}`,
-    );
+    this.#log.warn({ code: codeOf(error), attempt: attemptNumber, retryInMs: retryDelay }, `Control connection attempt failed: ${describe(error, 400)}`);
   };
 
   #onConnReady = (connPath: string, session: ControlSession): void => {

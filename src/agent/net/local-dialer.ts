@@ -6,9 +6,7 @@ import net from 'node:net';
 import { type Clock, systemClock } from '../clock.js';
 import { ErrorCodes, RevdialError } from '../errors.js';
 
-export type LocalTarget =
-  | { kind: 'tcp'; host: string; port: number }
-  | { kind: 'unix'; path: string };
+export type LocalTarget = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
 /**
  * Accepts `host:port`, `[v6]:port`, `http://host:port`, `unix:///path`,
@@ -122,12 +120,7 @@ export function dialLocal(target: LocalTarget, options: LocalDialOptions): Promi
     const onAbort = (): void => settle(signal?.reason);
     const timer = clock.setTimeout(
       () =>
-        settle(
-          new RevdialError(
-            ErrorCodes.LOCAL_DIAL_TIMEOUT,
-            `local Wolf API at ${describeTarget(target)} did not accept within ${options.timeoutMs} ms`,
-          ),
-        ),
+        settle(new RevdialError(ErrorCodes.LOCAL_DIAL_TIMEOUT, `local Wolf API at ${describeTarget(target)} did not accept within ${options.timeoutMs} ms`)),
       options.timeoutMs,
     );
     socket.once('connect', onConnect);

@@ -50,10 +50,7 @@ export function parseProxyUrl(text: string, source: string): URL {
     throw new RevdialError(ErrorCodes.CONFIG_INVALID, `${source} is not a URL; expected e.g. http://proxy.example.com:3128`);
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new RevdialError(
-      ErrorCodes.CONFIG_INVALID,
-      `${source}: proxy scheme ${url.protocol} not supported; use an HTTP CONNECT proxy (http:// or https://)`,
-    );
+    throw new RevdialError(ErrorCodes.CONFIG_INVALID, `${source}: proxy scheme ${url.protocol} not supported; use an HTTP CONNECT proxy (http:// or https://)`);
   }
   if (!url.hostname) throw new RevdialError(ErrorCodes.CONFIG_INVALID, `${source} names no proxy host`);
   return url;
@@ -203,7 +200,8 @@ function connectAgentFactory(Base: typeof HttpsProxyAgent): ConnectAgentFactory 
       }
       if (status !== 200) {
         socket.destroy();
-        const hint = status === 407 || status === 401 ? 'check the proxy credentials in the proxy URL' : 'check that the proxy allows CONNECT to this host and port';
+        const hint =
+          status === 407 || status === 401 ? 'check the proxy credentials in the proxy URL' : 'check that the proxy allows CONNECT to this host and port';
         throw new RevdialError(
           ErrorCodes.PROXY_REJECTED,
           `egress proxy ${this.#where} refused CONNECT to ${opts.host}:${opts.port} (HTTP ${status}${statusText ? ` ${statusText}` : ''}): ${hint}`,

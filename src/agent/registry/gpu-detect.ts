@@ -39,7 +39,9 @@ export function detectGpuType(paths: GpuProbePaths = DEFAULT_GPU_PATHS): GpuType
     if (!/^renderD\d+$/.test(node)) continue;
     let vendor: string;
     try {
-      vendor = readFileSync(join(paths.drmClass, node, 'device', 'vendor'), 'utf8').trim().toLowerCase();
+      vendor = readFileSync(join(paths.drmClass, node, 'device', 'vendor'), 'utf8')
+        .trim()
+        .toLowerCase();
     } catch {
       continue;
     }

@@ -160,7 +160,10 @@ export class RegistryClient {
           );
         }
       } else {
-        log.warn({ status: answer.status, code: ErrorCodes.REGISTRY_FAILED }, `Registration refused with HTTP ${answer.status}${result === 'rejected' ? ': check RUNNER_TOKEN' : ''}`);
+        log.warn(
+          { status: answer.status, code: ErrorCodes.REGISTRY_FAILED },
+          `Registration refused with HTTP ${answer.status}${result === 'rejected' ? ': check RUNNER_TOKEN' : ''}`,
+        );
       }
     } catch (err) {
       if (this.#stop.signal.aborted) return 'error';
@@ -248,11 +251,7 @@ export class RegistryClient {
       if (err instanceof RevdialError) throw err;
       const code = (err as { code?: string }).code ?? 'UNKNOWN';
       const cause = (err as { cause?: { code?: string } }).cause?.code;
-      throw new RevdialError(
-        ErrorCodes.REGISTRY_FAILED,
-        `registry ${method} to ${safeOrigin(this.#o.apiUrl)} failed (${cause ?? code})`,
-        { cause: err },
-      );
+      throw new RevdialError(ErrorCodes.REGISTRY_FAILED, `registry ${method} to ${safeOrigin(this.#o.apiUrl)} failed (${cause ?? code})`, { cause: err });
     } finally {
       this.#clock.clearTimeout(timer);
     }

@@ -93,10 +93,7 @@ export class Bridge {
   #wsOnMessage = (data: WebSocket.RawData, isBinary: boolean): void => {
     if (!isBinary) {
       this.#endedBy ??= 'error';
-      this.#error ??= new RevdialError(
-        ErrorCodes.PROTOCOL_TEXT_FRAME,
-        'control plane sent a text frame on a data connection; closing the tunnel',
-      );
+      this.#error ??= new RevdialError(ErrorCodes.PROTOCOL_TEXT_FRAME, 'control plane sent a text frame on a data connection; closing the tunnel');
       this.#ws.close(1003, 'binary frames only');
       this.#local.destroy();
       return;

@@ -13,10 +13,7 @@ import { getEventListeners } from 'node:events';
 
 const signals: WeakRef<AbortSignal>[] = [];
 const originalAdd = EventTarget.prototype.addEventListener;
-EventTarget.prototype.addEventListener = function addEventListener(
-  this: EventTarget,
-  ...args: Parameters<EventTarget['addEventListener']>
-): void {
+EventTarget.prototype.addEventListener = function addEventListener(this: EventTarget, ...args: Parameters<EventTarget['addEventListener']>): void {
   if (this instanceof AbortSignal) signals.push(new WeakRef(this));
   originalAdd.apply(this, args);
 };

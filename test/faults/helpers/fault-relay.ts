@@ -169,13 +169,7 @@ export class FaultRelay extends EventEmitter {
   };
 
   /** Forwards `from` → `to` with backpressure, latency and the blackhole switch. */
-  #forward(
-    conn: RelayedConnection,
-    from: net.Socket,
-    to: net.Socket,
-    dir: 'up' | 'down',
-    peek?: (chunk: Buffer) => void,
-  ): void {
+  #forward(conn: RelayedConnection, from: net.Socket, to: net.Socket, dir: 'up' | 'down', peek?: (chunk: Buffer) => void): void {
     // Chunks wait here while latency applies, in order.
     const queue: { at: number; chunk: Buffer | null }[] = [];
     let timer: NodeJS.Timeout | undefined;
