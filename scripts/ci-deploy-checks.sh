@@ -2,12 +2,13 @@
 # Deployment checks that need Debian tools or the packaged executable, so they
 # stay out of `npm test`. Called by .ci/run after `npm ci`.
 #
-#   apt-get install -y shellcheck yamllint systemd binutils hyperfine
+#   apt-get install -y shellcheck yamllint systemd binutils hyperfine prometheus
 #   scripts/ci-deploy-checks.sh
 #
 # 1. shellcheck on scripts/*.sh
-# 2. yamllint (strict) on k8s/ and the compose example (schema checks are in
-#    test/deploy-*.test.ts)
+# 2. yamllint (strict) on k8s/, monitoring/ and the compose example (schema
+#    checks are in test/deploy/*.test.ts); promtool check rules and promtool
+#    test rules on monitoring/alerts.yaml (metric names: test/deploy/monitoring.test.ts)
 # 3. npm run package, then the executable in an empty environment
 # 4. systemd-analyze verify on the unit (ExecStart pointed at the built binary),
 #    and systemd-analyze security with a ceiling on the exposure score
@@ -38,6 +39,7 @@ need shellcheck shellcheck
 need yamllint yamllint
 need systemd-analyze systemd
 need strip binutils
+need promtool prometheus
 [ -x "$node" ] || fail "$node missing: run npm ci first"
 
 work="$(mktemp -d)"
@@ -50,8 +52,12 @@ echo "ok: ${#scripts[@]} scripts"
 
 step "yamllint"
 yamllint --strict -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: {check-keys: false}}}' \
-  k8s/ docker-compose.example.yaml
+  k8s/ monitoring/ docker-compose.example.yaml
 echo "ok"
+
+step "promtool: alert rules and their tests"
+promtool check rules monitoring/alerts.yaml
+promtool test rules monitoring/alerts.test.yaml
 
 step "npm run package"
 npm run --silent package
