@@ -57,7 +57,9 @@ function dashboardExpressions(): { where: string; expr: string }[] {
 
 test('the PromQL name extraction finds metrics and nothing else', () => {
   assert.deepEqual(
-    metricNames('histogram_quantile(0.99, sum by (le, instance) (rate(a_bucket{job=~"$job", x="y z"}[$__rate_interval]))) / on (instance) b_total offset 5m > bool 0.1 and c unless d'),
+    metricNames(
+      'histogram_quantile(0.99, sum by (le, instance) (rate(a_bucket{job=~"$job", x="y z"}[$__rate_interval]))) / on (instance) b_total offset 5m > bool 0.1 and c unless d',
+    ),
     ['a_bucket', 'b_total', 'c', 'd'],
   );
   assert.deepEqual(metricNames('sum without (result) (increase(x_total{result!="ok"}[5m])) > 0'), ['x_total']);
@@ -102,8 +104,14 @@ test('monitoring/ names only metrics a live agent exports', async (t) => {
 test('every alert has a test that fires it and one where it stays quiet', () => {
   for (const rule of rules.filter((r) => r.alert)) {
     const cases = ruleTests.flatMap((t) => t.alert_rule_test ?? []).filter((c) => c.alertname === rule.alert);
-    assert.ok(cases.some((c) => (c.exp_alerts ?? []).length > 0), `${rule.alert}: no test where it fires`);
-    assert.ok(cases.some((c) => (c.exp_alerts ?? []).length === 0), `${rule.alert}: no test where it stays quiet`);
+    assert.ok(
+      cases.some((c) => (c.exp_alerts ?? []).length > 0),
+      `${rule.alert}: no test where it fires`,
+    );
+    assert.ok(
+      cases.some((c) => (c.exp_alerts ?? []).length === 0),
+      `${rule.alert}: no test where it stays quiet`,
+    );
   }
 });
 
@@ -117,8 +125,16 @@ test('dashboard: the shape Grafana imports', () => {
     assert.equal(p.datasource?.uid, '${datasource}', `panel "${p.title}" uses the dashboard's data source variable`);
   }
   // The issue's list: connection state, tunnels, setup latency, bytes, refusals.
-  const all = dashboardExpressions().map((e) => e.expr).join('\n');
-  for (const name of ['revdial_control_connected', 'revdial_tunnels_active', 'revdial_tunnel_setup_seconds_bucket', 'revdial_tunnel_bytes_total', 'refused_limit']) {
+  const all = dashboardExpressions()
+    .map((e) => e.expr)
+    .join('\n');
+  for (const name of [
+    'revdial_control_connected',
+    'revdial_tunnels_active',
+    'revdial_tunnel_setup_seconds_bucket',
+    'revdial_tunnel_bytes_total',
+    'refused_limit',
+  ]) {
     assert.ok(all.includes(name), `the dashboard shows ${name}`);
   }
 });
