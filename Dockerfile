@@ -32,7 +32,7 @@ ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 # The bundle needs only what it leaves outside: bufferutil (native masking),
-# and https-proxy-agent and undici, loaded only with --proxy / --register.
+# and undici, loaded only with a proxy or --register.
 COPY --from=build /src/build/wolf-revdial-client.cjs ./build/
 COPY package.json ./
 # The image's own `node` user (uid 1000); Kubernetes' runAsNonRoot needs the

@@ -11,9 +11,8 @@
 //
 // The two kinds differ only in what stays outside:
 // - bin: node_modules sits beside the bundle. The native masking add-on
-//   (bufferutil) stays a real package, and so do the two modules the agent
-//   loads only on request: https-proxy-agent (with --proxy) and undici (with
-//   --register). Kept out of the bundle, an agent that does not use them does
+//   (bufferutil) stays a real package, and so does the module the agent
+//   loads only on request: undici (with a proxy or --register). Kept out of the bundle, an agent that does not use them does
 //   not even hold their source text.
 // - sea: a single executable's `require` reaches built-in modules only, so
 //   everything goes inside. A .node add-on cannot load from the blob: in
@@ -26,7 +25,7 @@ import { build } from 'esbuild';
 
 const [kind, outfile, entry = 'build/src/agent/main.js'] = process.argv.slice(2);
 const KINDS = {
-  bin: { external: ['bufferutil', 'utf-8-validate', 'https-proxy-agent', 'undici'], alias: {} },
+  bin: { external: ['bufferutil', 'utf-8-validate', 'undici'], alias: {} },
   sea: { external: ['utf-8-validate'], alias: { bufferutil: './build/src/agent/net/js-mask.js' } },
 };
 const options = KINDS[kind];

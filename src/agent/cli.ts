@@ -20,6 +20,8 @@ import { describeTarget } from './net/local-dialer.js';
 import { AgentMetrics } from './ops/metrics.js';
 import { OpsServer, type Readiness, formatListenAddress } from './ops/server.js';
 import { EgressProxy } from './net/proxy.js';
+import { DirectConnector } from './net/connector.js';
+import { TlsSettings } from './net/tls-context.js';
 import { Agent } from './control/supervisor.js';
 
 export const EXIT_OK = 0;
@@ -91,6 +93,17 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   const route = proxy.describeRoute(controlUrl(config.apiUrl, config.runnerId));
   if (route !== 'direct') log.info({ egress: route }, `Connecting to the control plane ${route}`);
   const metrics = new AgentMetrics();
+  const tls = new TlsSettings({
+    caFile: config.caFile,
+    ca: config.ca,
+    rejectUnauthorized: !config.insecureSkipTlsVerify,
+    maxVersion: config.tlsMaxVersion,
+    onCaReload: ({ ok, caFile, error }) => {
+      if (ok) log.info({ caFile }, `Loaded the changed CA bundle ${caFile}; new connections verify against it`);
+      else log.warn({ caFile, error }, `Cannot load the changed CA bundle ${caFile} (${error}); keeping the previous one`);
+    },
+  });
+  const connector = new DirectConnector({ tls, proxy });
 
   const agent = new Agent({
     apiUrl: config.apiUrl,
@@ -99,9 +112,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     transport: {
       token: config.token,
       userAgent: `${PROGRAM}/${VERSION}`,
-      ca: config.ca,
       rejectUnauthorized: !config.insecureSkipTlsVerify,
-      agentFor: (url) => proxy.agentFor(url),
+      connector,
     },
     log,
     observer: metrics,

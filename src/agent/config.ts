@@ -50,6 +50,10 @@ export interface Config {
   maxSandboxes: number;
   heartbeatIntervalMs: number;
   proxy: ProxyConfig;
+  /** `--tls-max-version`: `TLSv1.2` caps TLS (cheaper resumption, no forward secrecy for resumed sessions). */
+  tlsMaxVersion?: 'TLSv1.2' | 'TLSv1.3';
+  /** `--preconnect`: the most warm connections kept open; 0 turns the pool off. */
+  preconnect: number;
 }
 
 /** A token file is read again at most this often. */
@@ -144,6 +148,24 @@ function proxyArg(value: string): URL {
   } catch (err) {
     throw new InvalidArgumentError((err as Error).message.replace(/^--proxy:? ?/, ''));
   }
+}
+
+function tlsVersionArg(value: string): 'TLSv1.2' | 'TLSv1.3' {
+  const v = value
+    .trim()
+    .toLowerCase()
+    .replace(/^tlsv?/, '');
+  if (v === '1.2') return 'TLSv1.2';
+  if (v === '1.3') return 'TLSv1.3';
+  throw new InvalidArgumentError('expected 1.2 or 1.3');
+}
+
+function preconnectArg(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n) || n > 64) {
+    throw new InvalidArgumentError('expected a whole number from 0 (off) to 64');
+  }
+  return n;
 }
 
 function advertiseArg(value: string): string {
@@ -265,6 +287,20 @@ export function buildProgram(): Command {
         .env('REVDIAL_PROXY')
         .argParser(proxyArg),
     )
+    .addOption(
+      new Option(
+        '--tls-max-version <version>',
+        'highest TLS version offered: 1.3 (default, where the server has it) or 1.2 (cheaper resumption; resumed 1.2 sessions lack forward secrecy)',
+      )
+        .env('REVDIAL_TLS_MAX_VERSION')
+        .argParser(tlsVersionArg),
+    )
+    .addOption(
+      new Option('--preconnect <n>', 'keep up to n TCP+TLS connections to the control plane open ahead of need (sized by demand); 0 turns it off')
+        .env('REVDIAL_PRECONNECT')
+        .default(8)
+        .argParser(preconnectArg),
+    )
     .addOption(new Option('--check-config', 'validate the configuration, print it (token redacted) and exit'));
   program.addHelpText(
     'after',
@@ -299,6 +335,8 @@ interface RawOptions {
   maxSandboxes: number;
   heartbeatInterval: number;
   proxy?: URL;
+  tlsMaxVersion?: 'TLSv1.2' | 'TLSv1.3';
+  preconnect: number;
 }
 
 /** What `resolveConfig` reads from the host besides argv and env (tests swap it). */
@@ -394,7 +432,9 @@ export function resolveConfig(program: Command, env: NodeJS.ProcessEnv, host: Ho
     maxSandboxes: o.maxSandboxes,
     heartbeatIntervalMs: Math.round(o.heartbeatInterval * 1000),
     proxy,
+    preconnect: o.preconnect,
   };
+  if (o.tlsMaxVersion) config.tlsMaxVersion = o.tlsMaxVersion;
   if (hasFile) config.tokenFile = o.tokenFile as string;
   if (o.caFile) config.caFile = o.caFile;
   if (ca) config.ca = ca;
@@ -453,6 +493,8 @@ export function describeConfig(config: Config): Record<string, unknown> {
     gpuType: `${config.gpuType}${config.gpuTypeSource === 'auto' ? ' (detected)' : ''}`,
     maxSandboxes: config.maxSandboxes,
     heartbeatIntervalSeconds: config.heartbeatIntervalMs / 1000,
+    tlsMaxVersion: config.tlsMaxVersion ?? 'TLSv1.3',
+    preconnect: config.preconnect,
     egressProxy: {
       explicit: config.proxy.explicit ? safeProxy(config.proxy.explicit) : null,
       http: config.proxy.http ? safeProxy(config.proxy.http) : null,

@@ -80,8 +80,8 @@ test('bin/ runs the one-file bundle; an idle agent loads neither proxy agent nor
     'bufferutil (native masking) loaded',
   );
   for (const f of files) assert.match(f, /^(bufferutil|node-gyp-build)\//, `${f} loaded from node_modules, not from the bundle`);
-  // https-proxy-agent (and agent-base, debug) only with a proxy; undici only with --register.
-  for (const pkg of ['https-proxy-agent/', 'agent-base/', 'undici/']) {
+  // undici only with a proxy or --register.
+  for (const pkg of ['undici/']) {
     assert.deepEqual(
       files.filter((f) => f.startsWith(pkg)),
       [],
@@ -109,7 +109,7 @@ test('bin/ runs the one-file bundle; an idle agent loads neither proxy agent nor
   for (const used of ['ws/lib/websocket.js', 'pino/pino.js', 'prom-client/lib/registry.js', 'prom-client/lib/defaultMetrics.js']) {
     assert.ok(bundled.includes(used), `${used} in the bundle`);
   }
-  for (const kept of ['https-proxy-agent/', 'agent-base/', 'undici/', 'bufferutil/']) {
+  for (const kept of ['undici/', 'bufferutil/']) {
     assert.deepEqual(
       bundled.filter((f) => f.startsWith(kept)),
       [],

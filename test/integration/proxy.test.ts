@@ -18,6 +18,8 @@ import { Registry } from '../../dev/control-plane/registry.js';
 import { createLogger } from '../../src/agent/logger.js';
 import type { RegistryResult } from '../../src/agent/ops/metrics.js';
 import { EgressProxy, bypassesProxy, proxyConfigFromEnv, safeProxy } from '../../src/agent/net/proxy.js';
+import { DirectConnector } from '../../src/agent/net/connector.js';
+import { TlsSettings } from '../../src/agent/net/tls-context.js';
 import { RegistryClient } from '../../src/agent/registry/wolf-instances.js';
 import { TOKEN, readBody, startAgent, startPlane, startWolf } from '../helpers/harness.js';
 import { makeCerts } from '../helpers/certs.js';
@@ -70,6 +72,11 @@ async function startTinyproxy(t: TestContext): Promise<Tinyproxy> {
   };
 }
 
+/** The agent's connector with this egress proxy (and CA). */
+function through(egress: EgressProxy, ca?: Buffer): DirectConnector {
+  return new DirectConnector({ tls: new TlsSettings({ rejectUnauthorized: true, ca }), proxy: egress });
+}
+
 class Results extends ObserverEvents {
   registration(result: RegistryResult): void {
     this.emit('registration', result);
@@ -89,7 +96,7 @@ test('control, data and registry connections all go through the CONNECT proxy; i
   const events = new ObserverEvents();
   const connected = events.next('controlConnected');
   const { runnerId, logs } = startAgent(t, plane, local, {
-    transport: { token: () => TOKEN, userAgent: 'wolf-revdial-client/test', rejectUnauthorized: true, agentFor: (url) => egress.agentFor(url) },
+    transport: { token: () => TOKEN, userAgent: 'wolf-revdial-client/test', rejectUnauthorized: true, connector: through(egress) },
     observer: events,
   });
   await connected;
@@ -144,7 +151,7 @@ test('wrong proxy credentials are REVDIAL_PROXY_REJECTED, not a control plane re
   const events = new ObserverEvents();
   const failed = events.next<string>('controlAttemptFailed');
   const { logs } = startAgent(t, plane, local, {
-    transport: { token: () => TOKEN, userAgent: 'wolf-revdial-client/test', rejectUnauthorized: true, agentFor: (url) => egress.agentFor(url) },
+    transport: { token: () => TOKEN, userAgent: 'wolf-revdial-client/test', rejectUnauthorized: true, connector: through(egress) },
     observer: events,
   });
   assert.equal(await failed, ErrorCodes.PROXY_REJECTED);
@@ -160,7 +167,7 @@ test('an unreachable proxy is REVDIAL_PROXY_FAILED', async (t) => {
   const events = new ObserverEvents();
   const failed = events.next<string>('controlAttemptFailed');
   const { logs } = startAgent(t, plane, local, {
-    transport: { token: () => TOKEN, userAgent: 'wolf-revdial-client/test', rejectUnauthorized: true, agentFor: (url) => egress.agentFor(url) },
+    transport: { token: () => TOKEN, userAgent: 'wolf-revdial-client/test', rejectUnauthorized: true, connector: through(egress) },
     observer: events,
   });
   assert.equal(await failed, ErrorCodes.PROXY_FAILED);
@@ -189,8 +196,6 @@ test('proxy choice: --proxy for every scheme, else HTTPS_PROXY / HTTP_PROXY by s
   assert.equal(explicit.proxyFor(new URL('ws://api.example.com/'))?.host, 'only.proxy:3128');
   assert.equal(explicit.proxyFor(new URL('wss://api.example.com/'))?.host, 'only.proxy:3128');
   assert.equal(explicit.proxyFor(new URL('wss://skip.example/')), undefined);
-  assert.equal(explicit.agentFor(new URL('wss://skip.example/')), undefined);
-  assert.ok(explicit.agentFor(new URL('wss://api.example.com/')));
   assert.equal(safeProxy(new URL('http://u:p@only.proxy:3128')), 'http://[credentials]@only.proxy:3128');
 
   assert.equal(bypassesProxy(new URL('http://anything/'), '*'), true);
@@ -198,8 +203,8 @@ test('proxy choice: --proxy for every scheme, else HTTPS_PROXY / HTTP_PROXY by s
   assert.equal(bypassesProxy(new URL('http://notexample.com/'), 'example.com'), false);
   assert.throws(() => proxyConfigFromEnv(undefined, { HTTPS_PROXY: 'socks5://x:1080' }), { code: ErrorCodes.CONFIG_INVALID });
   assert.equal((await EgressProxy.create(proxyConfigFromEnv(undefined, {}))).proxyFor(new URL('wss://api.example.com/')), undefined);
-  // HTTP_PROXY alone is enough to load the CONNECT agent (ws:// targets).
-  assert.ok((await EgressProxy.create(proxyConfigFromEnv(undefined, { HTTP_PROXY: 'h.proxy:8080' }))).agentFor(new URL('ws://api.example.com/')));
+  // HTTP_PROXY alone applies to ws:// targets.
+  assert.ok((await EgressProxy.create(proxyConfigFromEnv(undefined, { HTTP_PROXY: 'h.proxy:8080' }))).proxyFor(new URL('ws://api.example.com/')));
 });
 
 test('wss through the CONNECT proxy: TLS to the control plane inside the tunnel, certificate still verified', { skip: SKIP }, async (t) => {
@@ -217,7 +222,7 @@ test('wss through the CONNECT proxy: TLS to the control plane inside the tunnel,
       userAgent: 'wolf-revdial-client/test',
       rejectUnauthorized: true,
       ca: certs.caCert,
-      agentFor: (url) => egress.agentFor(url),
+      connector: through(egress, certs.caCert),
     },
   });
   await plane.waitForRunner(runnerId, 10_000);

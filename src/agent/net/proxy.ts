@@ -1,23 +1,27 @@
 /**
  * Egress through an HTTP CONNECT proxy: one decision (`proxyFor`) for every
  * connection the agent makes to the control plane (control WebSocket, each
- * data WebSocket, registry calls), and the two ways to act on it: an
- * `http.Agent` for `ws` and an undici `Dispatcher` for the registry client.
+ * data WebSocket, warm connections, registry calls), and the two ways to act
+ * on it, both undici's: a CONNECT tunnel socket (`tunnel`, under the
+ * WebSockets; TLS to the control plane then runs inside it, see connector.ts)
+ * and a `Dispatcher` for the registry client.
+ *
+ * The decision stays here rather than in undici's `EnvHttpProxyAgent`: that
+ * one is a dispatcher (it answers requests, it does not hand out the tunnel a
+ * WebSocket runs over), it has no equivalent of `--proxy` beside the
+ * environment, and its NO_PROXY takes no CIDR blocks (`10.0.0.0/8`), which
+ * cluster configurations use.
  *
  * Which proxy: `--proxy` / REVDIAL_PROXY for every scheme; otherwise
  * HTTPS_PROXY for wss/https and HTTP_PROXY for ws/http (lower-case names win,
  * as curl reads them). NO_PROXY applies to both, including `--proxy`.
  *
  * Credentials in the proxy URL are sent as `Proxy-Authorization: Basic` and
- * kept out of everything that might be printed: the URL handed to the proxy
- * libraries has none (https-proxy-agent logs its URL under DEBUG), and
- * `safeProxy` is what logs and `--check-config` show.
+ * kept out of everything that might be printed: the URL handed to undici has
+ * none, and `safeProxy` is what logs and `--check-config` show.
  */
-import assert from 'node:assert/strict';
-import type { Agent as HttpAgent, ClientRequest } from 'node:http';
 import { BlockList, type Socket, isIP } from 'node:net';
-import type { HttpsProxyAgent } from 'https-proxy-agent';
-import type { Dispatcher } from 'undici';
+import type { Dispatcher, Pool } from 'undici';
 import { ErrorCodes, RevdialError } from '../errors.js';
 
 export interface ProxyConfig {
@@ -145,95 +149,27 @@ function cidrContains(cidr: string, host: string): boolean {
   return list.check(host, family === 6 ? 'ipv6' : 'ipv4');
 }
 
-type ConnectOpts = Parameters<HttpsProxyAgent<string>['connect']>[1];
-/** Builds the `http.Agent` for one proxy; `secure` says whether the target is wss/https. */
-type ConnectAgentFactory = (proxy: URL, secure: boolean) => HttpAgent;
+type Undici = typeof import('undici');
 
-/**
- * An https-proxy-agent that turns a refused CONNECT (407, 403, 502, ...) and
- * an unreachable proxy into coded errors naming the proxy, instead of a
- * handshake "rejected by the control plane" that would send the operator to
- * the wrong place. The class is defined once the module is loaded (see
- * `EgressProxy.create`), hence the factory.
- */
-function connectAgentFactory(Base: typeof HttpsProxyAgent): ConnectAgentFactory {
-  class ConnectProxyAgent extends Base<string> {
-    readonly #secure: boolean;
-    readonly #where: string;
-
-    constructor(proxy: URL, secure: boolean) {
-      const { bare, authorization } = splitCredentials(proxy);
-      super(bare, {
-        ...(authorization ? { headers: { 'Proxy-Authorization': authorization } } : {}),
-        keepAlive: false,
-      });
-      this.#secure = secure;
-      this.#where = safeProxy(proxy);
-    }
-
-    // ws hands the agent plain request options; say which kind of target it is
-    // instead of letting agent-base guess from a stack trace.
-    override isSecureEndpoint(): boolean {
-      return this.#secure;
-    }
-
-    override async connect(req: ClientRequest, opts: ConnectOpts): Promise<Socket> {
-      let status = 200;
-      let statusText = '';
-      const onProxyConnect = (res: { statusCode: number; statusText: string }): void => {
-        status = res.statusCode;
-        statusText = res.statusText;
-      };
-      req.once('proxyConnect', onProxyConnect);
-      let socket: Socket;
-      try {
-        socket = await super.connect(req, opts);
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-        throw new RevdialError(
-          ErrorCodes.PROXY_FAILED,
-          `cannot reach the egress proxy ${this.#where} (${code}): check --proxy / REVDIAL_PROXY / HTTPS_PROXY and NO_PROXY`,
-          { cause: err },
-        );
-      } finally {
-        req.removeListener('proxyConnect', onProxyConnect);
-      }
-      if (status !== 200) {
-        socket.destroy();
-        const hint =
-          status === 407 || status === 401 ? 'check the proxy credentials in the proxy URL' : 'check that the proxy allows CONNECT to this host and port';
-        throw new RevdialError(
-          ErrorCodes.PROXY_REJECTED,
-          `egress proxy ${this.#where} refused CONNECT to ${opts.host}:${opts.port} (HTTP ${status}${statusText ? ` ${statusText}` : ''}): ${hint}`,
-        );
-      }
-      return socket;
-    }
-  }
-  return (proxy, secure) => new ConnectProxyAgent(proxy, secure);
-}
-
-/** The egress decision and the agents that carry it out, built once and shared. */
+/** The egress decision and the undici pools that carry it out, built once and shared. */
 export class EgressProxy {
   readonly #config: ProxyConfig;
-  readonly #agents = new Map<string, HttpAgent>();
-  readonly #makeAgent: ConnectAgentFactory | undefined;
+  readonly #pools = new Map<string, Pool>();
+  readonly #undici: Undici | undefined;
 
   /**
-   * https-proxy-agent is loaded here, and only when a proxy is configured:
-   * `ws` asks for its agent synchronously (`agentFor`), so it has to be in
-   * hand before the first connection. Without a proxy it is never loaded: it
-   * and what it pulls in cost an idle agent about 3 MiB of resident memory.
+   * undici is loaded here, and only when a proxy is configured: it costs an
+   * idle agent about 10 MiB of resident memory, which agents without a proxy
+   * (most) do not pay.
    */
   static async create(config: ProxyConfig): Promise<EgressProxy> {
     const configured = config.explicit ?? config.https ?? config.http;
-    const makeAgent = configured ? connectAgentFactory((await import('https-proxy-agent')).HttpsProxyAgent) : undefined;
-    return new EgressProxy(config, makeAgent);
+    return new EgressProxy(config, configured ? await import('undici') : undefined);
   }
 
-  private constructor(config: ProxyConfig, makeAgent: ConnectAgentFactory | undefined) {
+  private constructor(config: ProxyConfig, undici: Undici | undefined) {
     this.#config = config;
-    this.#makeAgent = makeAgent;
+    this.#undici = undici;
   }
 
   /** The proxy for a target URL (with credentials), or `undefined` to dial directly. */
@@ -251,21 +187,50 @@ export class EgressProxy {
     return proxy ? `via proxy ${safeProxy(proxy)}` : 'direct';
   }
 
-  /** An `http.Agent` that tunnels `ws`/`wss` through the proxy, or `undefined` (direct). */
-  agentFor(target: URL): HttpAgent | undefined {
+  /**
+   * A CONNECT tunnel through the proxy to `target`'s host and port: a raw
+   * socket the caller runs TLS (or plain HTTP) over. Errors name the proxy:
+   * REVDIAL_PROXY_FAILED when it cannot be reached, REVDIAL_PROXY_REJECTED
+   * when it answers the CONNECT with anything but 200.
+   */
+  async tunnel(target: URL, signal: AbortSignal): Promise<Socket> {
     const proxy = this.proxyFor(target);
-    if (!proxy) return undefined;
-    const secure = target.protocol === 'https:' || target.protocol === 'wss:';
-    const key = `${secure ? 's' : 'p'} ${proxy.href}`;
-    let agent = this.#agents.get(key);
-    if (!agent) {
-      // create() loads it whenever the config names a proxy, and proxyFor()
-      // finds one only in the config: never dial directly instead.
-      assert.ok(this.#makeAgent, 'https-proxy-agent is loaded whenever a proxy is configured');
-      agent = this.#makeAgent(proxy, secure);
-      this.#agents.set(key, agent);
+    if (!proxy || !this.#undici) throw new Error(`no proxy applies to ${target.host}`);
+    const where = safeProxy(proxy);
+    const { bare, authorization } = splitCredentials(proxy);
+    let pool = this.#pools.get(bare.origin);
+    if (!pool) {
+      // One connection per CONNECT (each socket leaves the pool once tunnelled), as many at once as asked.
+      pool = new this.#undici.Pool(bare.origin, { connections: null, pipelining: 1 });
+      this.#pools.set(bare.origin, pool);
     }
-    return agent;
+    const host = target.hostname;
+    const authority = `${host}:${target.port || defaultPort(target.protocol)}`;
+    let answer: Dispatcher.ConnectData;
+    try {
+      answer = await pool.connect({
+        path: authority,
+        headers: { host: authority, ...(authorization ? { 'proxy-authorization': authorization } : {}) },
+        signal,
+      });
+    } catch (err) {
+      if (signal.aborted) throw signal.reason;
+      const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+      throw new RevdialError(
+        ErrorCodes.PROXY_FAILED,
+        `cannot reach the egress proxy ${where} (${code}): check --proxy / REVDIAL_PROXY / HTTPS_PROXY and NO_PROXY`,
+        { cause: err },
+      );
+    }
+    const { statusCode, socket } = answer;
+    if (statusCode !== 200) {
+      socket.destroy();
+      const hint =
+        statusCode === 407 || statusCode === 401 ? 'check the proxy credentials in the proxy URL' : 'check that the proxy allows CONNECT to this host and port';
+      throw new RevdialError(ErrorCodes.PROXY_REJECTED, `egress proxy ${where} refused CONNECT to ${authority} (HTTP ${statusCode}): ${hint}`);
+    }
+    // undici's own socket settings (keep-alive probes, timeouts) stay; the tunnel is ours now.
+    return socket as Socket;
   }
 
   /**
@@ -276,7 +241,7 @@ export class EgressProxy {
    * about 10 MiB of resident memory.
    */
   async dispatcherFor(target: URL, tls: TlsSettings): Promise<Dispatcher> {
-    const { Agent: UndiciAgent, ProxyAgent } = await import('undici');
+    const { Agent: UndiciAgent, ProxyAgent } = this.#undici ?? (await import('undici'));
     const requestTls = { rejectUnauthorized: tls.rejectUnauthorized, ...(tls.ca ? { ca: tls.ca } : {}) };
     const proxy = this.proxyFor(target);
     if (!proxy) return new UndiciAgent({ connect: requestTls });
@@ -289,9 +254,9 @@ export class EgressProxy {
     });
   }
 
-  /** Closes pooled sockets of the agents handed out. */
+  /** Closes the proxy pools (tunnels already handed out belong to their users). */
   destroy(): void {
-    for (const agent of this.#agents.values()) agent.destroy();
-    this.#agents.clear();
+    for (const pool of this.#pools.values()) void pool.destroy().catch(() => undefined);
+    this.#pools.clear();
   }
 }

@@ -2,22 +2,41 @@
  * Opens a client WebSocket to the control plane (control or data connection)
  * and turns every way it can fail into a coded error an operator can act on.
  */
-import type { Agent as HttpAgent, ClientRequest, IncomingMessage } from 'node:http';
+import type { ClientRequest, IncomingMessage } from 'node:http';
 import { randomFillSync } from 'node:crypto';
+import type { Socket } from 'node:net';
 import WebSocket from 'ws';
 import { type Clock, systemClock } from '../clock.js';
 import { safeOrigin } from './endpoints.js';
 import { ErrorCodes, HandshakeRejectedError, RevdialError } from '../errors.js';
+import { type ControlPlaneConnector, DirectConnector, connectError } from './connector.js';
+import { TlsSettings } from './tls-context.js';
 
 /** What every connection to the control plane shares: credentials, TLS, proxy. */
 export interface ControlPlaneTransport {
-  /** Called for each dial, so a rotated token file is picked up on reconnect. */
+  /** Called for each dial (at upgrade time), so a rotated token file is picked up by the next upgrade. */
   token(): string;
   userAgent: string;
+  /**
+   * Where sockets come from (TLS, proxy, warm pool: connector.ts). Without
+   * one, a direct connector is made once per transport from `ca` and
+   * `rejectUnauthorized`.
+   */
+  connector?: ControlPlaneConnector | undefined;
   ca?: Buffer | undefined;
   rejectUnauthorized: boolean;
-  /** An HTTP agent for egress (e.g. an HTTP CONNECT proxy); `undefined` dials directly. */
-  agentFor?: ((url: URL) => HttpAgent | undefined) | undefined;
+}
+
+const defaultConnectors = new WeakMap<ControlPlaneTransport, ControlPlaneConnector>();
+
+function connectorOf(transport: ControlPlaneTransport): ControlPlaneConnector {
+  if (transport.connector) return transport.connector;
+  let connector = defaultConnectors.get(transport);
+  if (!connector) {
+    connector = new DirectConnector({ tls: new TlsSettings({ ca: transport.ca, rejectUnauthorized: transport.rejectUnauthorized }) });
+    defaultConnectors.set(transport, connector);
+  }
+  return connector;
 }
 
 export interface DialOptions {
@@ -33,6 +52,8 @@ export interface DialOptions {
    * its TCP segment) are emitted on the next tick, to no listener, and lost.
    */
   pauseOnOpen?: boolean;
+  /** Ask the connector for a fresh socket, never a warm one (the retry after a stale warm socket). */
+  fresh?: boolean;
 }
 
 const BODY_PREVIEW_BYTES = 256;
@@ -68,6 +89,12 @@ export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket
       reject(signal.reason);
       return;
     }
+    const connector = connectorOf(transport);
+    // Cancels the connector when the dial settles first (timeout, abort).
+    const connecting = new AbortController();
+    // The socket came warm from the pool and nothing was heard on it yet: a
+    // failure now means it was dead before use (see isStaleWarmSocket).
+    let warmUnanswered = false;
     const ws = new WebSocket(url, {
       headers: {
         Authorization: `Bearer ${transport.token()}`,
@@ -79,14 +106,24 @@ export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket
       // A redirect could carry the Authorization header to another origin.
       followRedirects: false,
       maxPayload: options.maxPayload,
-      ca: transport.ca,
-      rejectUnauthorized: transport.rejectUnauthorized,
-      agent: transport.agentFor?.(url),
+      // http.request takes an asynchronous createConnection (its callback form):
+      // TLS, the proxy tunnel and warm sockets all come from the connector.
+      createConnection: ((_opts: unknown, ready: (err: Error | null, socket?: Socket) => void): undefined => {
+        connector.connect(url, connecting.signal, options.fresh ? { fresh: true } : undefined).then(
+          ({ socket, warm }) => {
+            warmUnanswered = warm;
+            ready(null, socket);
+          },
+          (err: unknown) => ready(err instanceof Error ? err : new Error(String(err))),
+        );
+        return undefined;
+      }) as unknown as WebSocket.ClientOptions['createConnection'],
     });
     let failure: unknown;
 
     const settle = (err: unknown): void => {
       clock.clearTimeout(timer);
+      connecting.abort();
       signal?.removeEventListener('abort', onAbort);
       ws.removeListener('open', onOpen);
       ws.removeListener('unexpected-response', onUnexpectedResponse);
@@ -105,6 +142,7 @@ export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket
       reject(failure);
     };
     const onOpen = (): void => {
+      warmUnanswered = false;
       // Synchronously, before ws starts reading on the next tick.
       if (options.pauseOnOpen) ws.pause();
       settle(undefined);
@@ -116,25 +154,20 @@ export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket
         settle(err);
         return;
       }
-      if (isCertificateError(err)) {
+      if (warmUnanswered) {
         settle(
           new RevdialError(
-            ErrorCodes.TLS_UNTRUSTED,
-            `control plane at ${where} presented a certificate this agent does not trust (${err.code}: ${err.message}): for a private CA set --ca-file / REVDIAL_CA_FILE; check the host name in HELIX_API_URL`,
+            ErrorCodes.DATA_SOCKET_STALE,
+            `warm connection to ${where} was closed before the upgrade was answered (${err.code ?? err.message})`,
             { cause: err },
           ),
         );
         return;
       }
-      settle(
-        new RevdialError(
-          ErrorCodes.CONNECT_FAILED,
-          `cannot reach control plane at ${where} (${err.code ?? err.message}): check HELIX_API_URL, DNS, TLS and the network path`,
-          { cause: err },
-        ),
-      );
+      settle(connectError(url, err));
     };
     const onUnexpectedResponse = (req: ClientRequest, res: IncomingMessage): void => {
+      warmUnanswered = false;
       readPreview(res, clock, (body) => {
         req.destroy();
         settle(rejection(where, url, res.statusCode ?? 0, body));
@@ -160,12 +193,6 @@ export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket
 
 /** Errors after the hand-over are the new owner's to handle (bridge, session). */
 function ignoreError(): void {}
-
-/** Certificate verification failures from Node's TLS layer (OpenSSL's codes and Node's ERR_TLS_*). */
-function isCertificateError(err: { code?: string }): boolean {
-  const code = err.code ?? '';
-  return /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER/.test(code) || code.startsWith('ERR_TLS_CERT');
-}
 
 function rejection(where: string, url: URL, status: number, body: string): HandshakeRejectedError {
   const said = body ? `: ${JSON.stringify(body)}` : '';
