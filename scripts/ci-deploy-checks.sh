@@ -2,13 +2,15 @@
 # Deployment checks that need Debian tools or the packaged executable, so they
 # stay out of `npm test`. Called by .ci/run after `npm ci`.
 #
-#   apt-get install -y shellcheck yamllint systemd binutils hyperfine prometheus
+#   apt-get install -y shellcheck yamllint systemd binutils hyperfine prometheus kubectl
 #   scripts/ci-deploy-checks.sh
 #
 # 1. shellcheck on scripts/*.sh
-# 2. yamllint (strict) on k8s/, monitoring/ and the compose example (schema
-#    checks are in test/deploy/*.test.ts); promtool check rules and promtool
-#    test rules on monitoring/alerts.yaml (metric names: test/deploy/monitoring.test.ts)
+# 2. yamllint (strict) on k8s/, monitoring/ and the compose example;
+#    kubectl kustomize renders every kustomization in k8s/ (the objects are
+#    schema-checked in test/deploy/k8s.test.ts); promtool check rules and
+#    promtool test rules on monitoring/alerts.yaml (metric names:
+#    test/deploy/monitoring.test.ts)
 # 3. npm run package, then the executable in an empty environment
 # 4. systemd-analyze verify on the unit (ExecStart pointed at the built binary),
 #    and systemd-analyze security with a ceiling on the exposure score
@@ -40,6 +42,7 @@ need yamllint yamllint
 need systemd-analyze systemd
 need strip binutils
 need promtool prometheus
+need kubectl kubectl
 [ -x "$node" ] || fail "$node missing: run npm ci first"
 
 work="$(mktemp -d)"
@@ -54,6 +57,15 @@ step "yamllint"
 yamllint --strict -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable, truthy: {check-keys: false}}}' \
   k8s/ monitoring/ docker-compose.example.yaml
 echo "ok"
+
+step "kubectl kustomize"
+# Each kustomization must render (a broken patch or a missing resource fails here,
+# offline); test/deploy/k8s.test.ts checks what they render.
+while IFS= read -r kustomization; do
+  dir="$(dirname "$kustomization")"
+  kubectl kustomize "$dir" >"$work/rendered.yaml" || fail "kubectl kustomize $dir"
+  echo "ok: $dir ($(grep -c '^kind:' "$work/rendered.yaml") objects)"
+done < <(find k8s -name kustomization.yaml | sort)
 
 step "promtool: alert rules and their tests"
 promtool check rules monitoring/alerts.yaml

@@ -205,11 +205,13 @@ describe('deployment files set only variables the agent accepts', () => {
 
   test('k8s agent container', () => {
     const names: string[] = [];
-    for (const file of readdirSync(join(root, 'k8s')).filter((f) => /\.ya?ml$/.test(f))) {
+    // The base and every overlay's patches (kustomize: k8s/base, k8s/overlays/*).
+    const files = readdirSync(join(root, 'k8s'), { recursive: true, encoding: 'utf8' }).filter((f) => /\.ya?ml$/.test(f));
+    for (const file of files) {
       for (const doc of parseAllDocuments(readFileSync(join(root, 'k8s', file), 'utf8'))) {
-        const obj = doc.toJS() as { spec?: { template?: { spec?: { containers?: { env?: { name: string }[] }[] } } } } | null;
+        const obj = doc.toJS() as { spec?: { template?: { spec?: { containers?: { name?: string; env?: { name: string }[] }[] } } } } | null;
         for (const c of obj?.spec?.template?.spec?.containers ?? []) {
-          if (c.env?.some((e) => e.name === 'HELIX_API_URL')) names.push(...c.env.map((e) => e.name));
+          if (c.name === 'revdial-agent' || c.env?.some((e) => e.name === 'HELIX_API_URL')) names.push(...(c.env ?? []).map((e) => e.name));
         }
       }
     }

@@ -1,5 +1,7 @@
 /**
- * Checks every manifest in k8s/ the way an API server would, without a cluster:
+ * Renders every kustomization in k8s/ (the default, the base and each overlay)
+ * with `kubectl kustomize`, as `kubectl apply -k` would, and checks each
+ * object the way an API server would, without a cluster:
  *
  * 1. the OpenAPI schema of the Kubernetes API (kubernetes-models' compiled
  *    validators: types, required fields, formats);
@@ -8,10 +10,12 @@
  *    `readinessProbee`. The TypeScript compiler's excess-property check on the same
  *    package's types catches them, so each manifest is type-checked as an object
  *    literal;
- * 3. the deployment rules of issue 4 (socket sharing, token file, probes, ...).
+ * 3. the deployment rules (socket sharing or a loopback TCP address, token file,
+ *    probes, scrape annotations, ...), each on the renderings it applies to.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, readdirSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -55,25 +59,39 @@ const KINDS: Record<string, { validate: (doc: Record<string, unknown>) => void; 
   },
 };
 
-function loadManifests(): Manifest[] {
-  const files = readdirSync(k8sDir)
-    .filter((f) => f.endsWith('.yaml') || f.endsWith('.yml'))
+const KUBECTL = spawnSync('kubectl', ['version', '--client'], { stdio: 'ignore' }).status === 0;
+const SKIP = KUBECTL ? false : 'kubectl is not installed (it renders the kustomizations: apt-get install -y kubectl; .ci/run installs it)';
+
+/** Every directory under k8s/ with a kustomization.yaml, relative to the repository: k8s, k8s/base, k8s/overlays/... */
+function kustomizations(): string[] {
+  const dirs = [
+    '',
+    ...readdirSync(k8sDir, { recursive: true, encoding: 'utf8' })
+      .filter((f) => f.endsWith('kustomization.yaml'))
+      .map((f) => dirname(f))
+      .filter((d) => d !== '.'),
+  ];
+  return [...new Set(dirs)]
+    .filter((d) => existsSync(join(k8sDir, d, 'kustomization.yaml')))
+    .map((d) => (d === '' ? 'k8s' : `k8s/${d}`))
     .sort();
+}
+
+/** `kubectl kustomize DIR`, parsed into objects. */
+function render(target: string): Manifest[] {
+  const text = execFileSync('kubectl', ['kustomize', join(root, target)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   const out: Manifest[] = [];
-  for (const file of files) {
-    const docs = parseAllDocuments(readFileSync(join(k8sDir, file), 'utf8'));
-    docs.forEach((d, index) => {
-      assert.deepEqual(
-        d.errors.map((e) => e.message),
-        [],
-        `${file} document ${index}: YAML errors`,
-      );
-      const doc: unknown = d.toJS();
-      if (doc === null) return; // an empty document after a trailing ---
-      assert.ok(typeof doc === 'object' && !Array.isArray(doc), `${file} document ${index} is not a mapping`);
-      out.push({ file, index, doc: doc as Record<string, unknown> });
-    });
-  }
+  parseAllDocuments(text).forEach((d, index) => {
+    assert.deepEqual(
+      d.errors.map((e) => e.message),
+      [],
+      `${target} document ${index}: YAML errors`,
+    );
+    const doc: unknown = d.toJS();
+    if (doc === null) return;
+    assert.ok(typeof doc === 'object' && !Array.isArray(doc), `${target} document ${index} is not a mapping`);
+    out.push({ file: target, index, doc: doc as Record<string, unknown> });
+  });
   return out;
 }
 
@@ -136,7 +154,7 @@ function literalModule(manifests: { doc: Record<string, unknown> }[]): string {
 
 function daemonSet(manifests: Manifest[]): IDaemonSet {
   const found = manifests.filter((m) => kindKey(m.doc) === 'apps/v1/DaemonSet');
-  assert.equal(found.length, 1, 'k8s/ must hold exactly one DaemonSet');
+  assert.equal(found.length, 1, 'exactly one DaemonSet');
   return found[0]!.doc as unknown as IDaemonSet;
 }
 
@@ -164,42 +182,59 @@ function portNumber(c: IContainer, port: number | string): number | undefined {
   return c.ports?.find((p) => p.name === port)?.containerPort;
 }
 
-describe('k8s manifests', () => {
-  const manifests = loadManifests();
+/**
+ * What each kustomization must render: how the agent reaches Wolf's API
+ * (`none`: left to an overlay) and whether the pod carries scrape annotations.
+ * A new overlay must be added here to be checked.
+ */
+const EXPECT: Record<string, { wolfApi: 'none' | 'unix' | 'tcp'; scraped: boolean }> = {
+  k8s: { wolfApi: 'unix', scraped: false },
+  'k8s/base': { wolfApi: 'none', scraped: false },
+  'k8s/overlays/unix-socket': { wolfApi: 'unix', scraped: false },
+  'k8s/overlays/tcp': { wolfApi: 'tcp', scraped: false },
+  'k8s/overlays/prometheus': { wolfApi: 'unix', scraped: true },
+};
 
-  test('there are manifests, and each is a kind we know how to check', () => {
-    assert.ok(manifests.length > 0, 'no manifests in k8s/');
-    for (const m of manifests) {
-      assert.ok(KINDS[kindKey(m.doc)], `${m.file}#${m.index}: ${kindKey(m.doc)} has no schema check here; add it to KINDS`);
+describe('k8s kustomizations', { skip: SKIP }, () => {
+  const targets = KUBECTL ? kustomizations() : [];
+  const rendered = new Map(targets.map((target) => [target, render(target)]));
+
+  test('the kustomizations are the base and the overlays expected, each rendering objects of kinds we check', () => {
+    assert.deepEqual(targets, Object.keys(EXPECT).sort());
+    for (const [target, manifests] of rendered) {
+      assert.ok(manifests.length > 0, `${target} renders nothing`);
+      for (const m of manifests) {
+        assert.ok(KINDS[kindKey(m.doc)], `${target}#${m.index}: ${kindKey(m.doc)} has no schema check here; add it to KINDS`);
+      }
     }
   });
 
-  test('every manifest validates against the Kubernetes API schema', () => {
-    for (const m of manifests) {
-      const kind = KINDS[kindKey(m.doc)];
-      assert.ok(kind);
-      assert.doesNotThrow(() => kind.validate(m.doc), `${m.file}#${m.index} (${kindKey(m.doc)})`);
+  test('every rendered object validates against the Kubernetes API schema', () => {
+    for (const [target, manifests] of rendered) {
+      for (const m of manifests) {
+        const kind = KINDS[kindKey(m.doc)];
+        assert.ok(kind);
+        assert.doesNotThrow(() => kind.validate(m.doc), `${target}#${m.index} (${kindKey(m.doc)})`);
+      }
     }
   });
 
   test('the schema validator rejects a wrongly typed field (the check can fail)', () => {
-    const ds = structuredClone(daemonSet(manifests));
+    const ds = structuredClone(daemonSet(rendered.get('k8s')!));
     (ds.spec as { template: { spec: { terminationGracePeriodSeconds: unknown } } }).template.spec.terminationGracePeriodSeconds = '45s';
     assert.throws(() => new DaemonSet(ds).validate(), /terminationGracePeriodSeconds/);
   });
 
-  test('no manifest has a field the Kubernetes API does not know (strict field validation)', () => {
-    const ds = structuredClone(daemonSet(manifests)) as unknown as Record<string, unknown>;
-    const typo = structuredClone(ds) as unknown as IDaemonSet;
+  test('no rendered object has a field the Kubernetes API does not know (strict field validation)', () => {
+    const typo = structuredClone(daemonSet(rendered.get('k8s')!));
     const agent = agentContainer(typo) as IContainer & Record<string, unknown>;
     agent['readinessProbee'] = agent.readinessProbe;
-    const diags = typeCheck(
-      new Map([
-        ['k8s-manifests.virtual.ts', literalModule(manifests)],
-        ['k8s-typo.virtual.ts', literalModule([{ doc: typo as unknown as Record<string, unknown> }])],
-      ]),
-    );
-    assert.deepEqual(diags.get('k8s-manifests.virtual.ts'), [], 'manifests in k8s/ have fields the API does not define');
+    const sources = new Map([...rendered].map(([target, manifests]) => [`${target.replace(/\//g, '-')}.virtual.ts`, literalModule(manifests)]));
+    sources.set('k8s-typo.virtual.ts', literalModule([{ doc: typo as unknown as Record<string, unknown> }]));
+    const diags = typeCheck(sources);
+    for (const target of rendered.keys()) {
+      assert.deepEqual(diags.get(`${target.replace(/\//g, '-')}.virtual.ts`), [], `${target} renders fields the API does not define`);
+    }
     // The same check on a copy with a misspelt field must complain about it.
     const typoDiags = diags.get('k8s-typo.virtual.ts') ?? [];
     assert.ok(
@@ -208,100 +243,146 @@ describe('k8s manifests', () => {
     );
   });
 
-  test('Wolf and the agent share the socket directory through an emptyDir', () => {
-    const ds = daemonSet(manifests);
-    const pod = ds.spec?.template.spec;
-    assert.ok(pod);
-    const agent = agentContainer(ds);
-    const wolf = pod.containers.find((c) => c !== agent && c.env?.some((e) => e.name === 'WOLF_SOCKET_PATH'));
-    assert.ok(wolf, 'a Wolf container with WOLF_SOCKET_PATH');
-    const socketPath = envValue(wolf, 'WOLF_SOCKET_PATH');
-    assert.ok(socketPath !== undefined && socketPath.startsWith('/'), 'WOLF_SOCKET_PATH is absolute');
-    assert.equal(envValue(agent, 'WOLF_LOCAL_ADDR'), `unix://${socketPath}`, 'the agent dials the socket Wolf creates');
-    const dir = dirname(socketPath);
-    const mountOf = (c: IContainer) => c.volumeMounts?.find((v) => v.mountPath === dir)?.name;
-    const volume = mountOf(wolf);
-    assert.ok(volume, `Wolf mounts ${dir}`);
-    assert.equal(mountOf(agent), volume, `the agent mounts the same volume at ${dir}`);
-    assert.ok(pod.volumes?.find((v) => v.name === volume)?.emptyDir, `${volume} is an emptyDir`);
-  });
+  for (const [target, expected] of Object.entries(EXPECT)) {
+    describe(target, () => {
+      const manifests = (): Manifest[] => {
+        const m = rendered.get(target);
+        assert.ok(m, `${target} was not rendered`);
+        return m;
+      };
 
-  test('the token comes from a Secret mounted as a file, never from a literal', () => {
-    const ds = daemonSet(manifests);
-    const agent = agentContainer(ds);
-    assert.equal(envValue(agent, 'RUNNER_TOKEN'), undefined, 'no RUNNER_TOKEN literal');
-    assert.equal(
-      agent.env?.find((e) => e.name === 'RUNNER_TOKEN'),
-      undefined,
-      'file preferred over an env var',
-    );
-    const tokenFile = envValue(agent, 'RUNNER_TOKEN_FILE');
-    assert.ok(tokenFile, 'RUNNER_TOKEN_FILE is set');
-    const mount = agent.volumeMounts?.find((v) => v.mountPath === dirname(tokenFile));
-    assert.ok(mount, `a volume is mounted at ${dirname(tokenFile)}`);
-    assert.equal(mount.readOnly, true);
-    const volume = ds.spec?.template.spec?.volumes?.find((v) => v.name === mount.name);
-    assert.ok(volume?.secret?.secretName, `${mount.name} is a Secret volume`);
-    for (const m of manifests) assert.notEqual(m.doc['kind'], 'Secret', `${m.file}: no Secret with a token in git`);
-  });
-
-  test('WOLF_ID comes from the node name', () => {
-    const agent = agentContainer(daemonSet(manifests));
-    const wolfId = agent.env?.find((e) => e.name === 'WOLF_ID');
-    assert.equal(wolfId?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName');
-  });
-
-  test('probes hit /readyz and /healthz on the port the agent listens on, reachable by the kubelet', () => {
-    const agent = agentContainer(daemonSet(manifests));
-    const ready = agent.readinessProbe?.httpGet;
-    const live = agent.livenessProbe?.httpGet;
-    assert.equal(ready?.path, '/readyz');
-    assert.equal(live?.path, '/healthz');
-    assert.equal(portNumber(agent, ready.port), HEALTH_PORT);
-    assert.equal(portNumber(agent, live.port), HEALTH_PORT);
-    // The default 127.0.0.1:9464 is not reachable from the kubelet.
-    assert.equal(envValue(agent, 'REVDIAL_METRICS_ADDR'), `0.0.0.0:${HEALTH_PORT}`);
-  });
-
-  test('the agent runs non-root, read-only, with no capabilities and bounded resources', () => {
-    const agent = agentContainer(daemonSet(manifests));
-    const sc = agent.securityContext;
-    assert.equal(sc?.runAsNonRoot, true);
-    assert.ok((sc?.runAsUser ?? 0) > 0, 'a numeric non-zero runAsUser (runAsNonRoot cannot check a named USER)');
-    assert.equal(sc?.readOnlyRootFilesystem, true);
-    assert.equal(sc?.allowPrivilegeEscalation, false);
-    assert.deepEqual(sc?.capabilities?.drop, ['ALL']);
-    assert.equal(sc?.privileged ?? false, false);
-    for (const kind of ['requests', 'limits'] as const) {
-      for (const res of ['cpu', 'memory']) {
-        assert.ok(agent.resources?.[kind]?.[res] !== undefined, `agent resources.${kind}.${res}`);
+      if (expected.wolfApi === 'unix') {
+        test('Wolf and the agent share the socket directory through an emptyDir', () => {
+          const ds = daemonSet(manifests());
+          const pod = ds.spec?.template.spec;
+          assert.ok(pod);
+          const agent = agentContainer(ds);
+          const wolf = pod.containers.find((c) => c !== agent && c.env?.some((e) => e.name === 'WOLF_SOCKET_PATH'));
+          assert.ok(wolf, 'a Wolf container with WOLF_SOCKET_PATH');
+          const socketPath = envValue(wolf, 'WOLF_SOCKET_PATH');
+          assert.ok(socketPath !== undefined && socketPath.startsWith('/'), 'WOLF_SOCKET_PATH is absolute');
+          assert.equal(envValue(agent, 'WOLF_LOCAL_ADDR'), `unix://${socketPath}`, 'the agent dials the socket Wolf creates');
+          const dir = dirname(socketPath);
+          const mountOf = (c: IContainer) => c.volumeMounts?.find((v) => v.mountPath === dir)?.name;
+          const volume = mountOf(wolf);
+          assert.ok(volume, `Wolf mounts ${dir}`);
+          assert.equal(mountOf(agent), volume, `the agent mounts the same volume at ${dir}`);
+          assert.ok(pod.volumes?.find((v) => v.name === volume)?.emptyDir, `${volume} is an emptyDir`);
+        });
+      } else if (expected.wolfApi === 'tcp') {
+        test("the agent dials Wolf's API on a loopback TCP port, with no socket volume", () => {
+          const ds = daemonSet(manifests());
+          const agent = agentContainer(ds);
+          const addr = envValue(agent, 'WOLF_LOCAL_ADDR') ?? '';
+          assert.match(addr, /^(127\.0\.0\.1|localhost|\[::1\]):\d{1,5}$/, 'WOLF_LOCAL_ADDR is host:port on loopback (the pod shares one network namespace)');
+          for (const c of ds.spec?.template.spec?.containers ?? []) assert.equal(envValue(c, 'WOLF_SOCKET_PATH'), undefined, `${c.name}: no WOLF_SOCKET_PATH`);
+          assert.equal(ds.spec?.template.spec?.volumes?.find((v) => v.emptyDir) ?? undefined, undefined, 'no socket emptyDir');
+        });
+      } else {
+        test("the base leaves the link to Wolf's API to an overlay", () => {
+          const ds = daemonSet(manifests());
+          assert.equal(envValue(agentContainer(ds), 'WOLF_LOCAL_ADDR'), undefined);
+        });
       }
-    }
-  });
 
-  test('the kubelet waits longer than the agent drains', () => {
-    const ds = daemonSet(manifests);
-    const grace = graceSeconds(agentContainer(ds));
-    assert.ok(Number.isFinite(grace));
-    const termination = ds.spec?.template.spec?.terminationGracePeriodSeconds ?? 30;
-    assert.ok(termination > grace, `terminationGracePeriodSeconds ${termination} must exceed --grace-period ${grace}`);
-  });
+      if (expected.scraped) {
+        test("Prometheus scrape annotations name the agent's metrics port and path", () => {
+          const ds = daemonSet(manifests());
+          const agent = agentContainer(ds);
+          const annotations = ds.spec?.template.metadata?.annotations ?? {};
+          assert.equal(annotations['prometheus.io/scrape'], 'true');
+          assert.equal(annotations['prometheus.io/path'], '/metrics');
+          assert.equal(Number(annotations['prometheus.io/port']), HEALTH_PORT);
+          assert.equal(envValue(agent, 'REVDIAL_METRICS_ADDR'), `0.0.0.0:${annotations['prometheus.io/port']}`, 'the agent serves /metrics on that port');
+        });
+      } else {
+        test('no scrape annotations (the prometheus overlay adds them)', () => {
+          const annotations = daemonSet(manifests()).spec?.template.metadata?.annotations ?? {};
+          assert.deepEqual(
+            Object.keys(annotations).filter((k) => k.startsWith('prometheus.io/')),
+            [],
+          );
+        });
+      }
 
-  test('the DaemonSet lands on GPU nodes only', () => {
-    const pod = daemonSet(manifests).spec?.template.spec;
-    const selects =
-      Object.keys(pod?.nodeSelector ?? {}).some((k) => k.includes('gpu')) ||
-      pod?.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution !== undefined;
-    assert.ok(selects, 'a GPU nodeSelector or required node affinity');
-    assert.ok(
-      pod?.tolerations?.some((t) => t.key?.includes('gpu')),
-      'tolerates the GPU taint',
-    );
-  });
+      test('the token comes from a Secret mounted as a file, never from a literal', () => {
+        const ds = daemonSet(manifests());
+        const agent = agentContainer(ds);
+        assert.equal(envValue(agent, 'RUNNER_TOKEN'), undefined, 'no RUNNER_TOKEN literal');
+        assert.equal(
+          agent.env?.find((e) => e.name === 'RUNNER_TOKEN'),
+          undefined,
+          'file preferred over an env var',
+        );
+        const tokenFile = envValue(agent, 'RUNNER_TOKEN_FILE');
+        assert.ok(tokenFile, 'RUNNER_TOKEN_FILE is set');
+        const mount = agent.volumeMounts?.find((v) => v.mountPath === dirname(tokenFile));
+        assert.ok(mount, `a volume is mounted at ${dirname(tokenFile)}`);
+        assert.equal(mount.readOnly, true);
+        const volume = ds.spec?.template.spec?.volumes?.find((v) => v.name === mount.name);
+        assert.ok(volume?.secret?.secretName, `${mount.name} is a Secret volume`);
+        for (const m of manifests()) assert.notEqual(m.doc['kind'], 'Secret', `${target}: no Secret with a token in git`);
+      });
 
-  test('the agent image is pinned to this version, not :latest', () => {
-    const agent = agentContainer(daemonSet(manifests));
-    const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
-    assert.ok(agent.image?.endsWith(`:${pkg.version}`), `${agent.image} should end with :${pkg.version}`);
-  });
+      test('WOLF_ID comes from the node name', () => {
+        const agent = agentContainer(daemonSet(manifests()));
+        const wolfId = agent.env?.find((e) => e.name === 'WOLF_ID');
+        assert.equal(wolfId?.valueFrom?.fieldRef?.fieldPath, 'spec.nodeName');
+      });
+
+      test('probes hit /readyz and /healthz on the port the agent listens on, reachable by the kubelet', () => {
+        const agent = agentContainer(daemonSet(manifests()));
+        const ready = agent.readinessProbe?.httpGet;
+        const live = agent.livenessProbe?.httpGet;
+        assert.equal(ready?.path, '/readyz');
+        assert.equal(live?.path, '/healthz');
+        assert.equal(portNumber(agent, ready.port), HEALTH_PORT);
+        assert.equal(portNumber(agent, live.port), HEALTH_PORT);
+        // The default 127.0.0.1:9464 is not reachable from the kubelet.
+        assert.equal(envValue(agent, 'REVDIAL_METRICS_ADDR'), `0.0.0.0:${HEALTH_PORT}`);
+      });
+
+      test('the agent runs non-root, read-only, with no capabilities and bounded resources', () => {
+        const agent = agentContainer(daemonSet(manifests()));
+        const sc = agent.securityContext;
+        assert.equal(sc?.runAsNonRoot, true);
+        assert.ok((sc?.runAsUser ?? 0) > 0, 'a numeric non-zero runAsUser (runAsNonRoot cannot check a named USER)');
+        assert.equal(sc?.readOnlyRootFilesystem, true);
+        assert.equal(sc?.allowPrivilegeEscalation, false);
+        assert.deepEqual(sc?.capabilities?.drop, ['ALL']);
+        assert.equal(sc?.privileged ?? false, false);
+        for (const kind of ['requests', 'limits'] as const) {
+          for (const res of ['cpu', 'memory']) {
+            assert.ok(agent.resources?.[kind]?.[res] !== undefined, `agent resources.${kind}.${res}`);
+          }
+        }
+      });
+
+      test('the kubelet waits longer than the agent drains', () => {
+        const ds = daemonSet(manifests());
+        const grace = graceSeconds(agentContainer(ds));
+        assert.ok(Number.isFinite(grace));
+        const termination = ds.spec?.template.spec?.terminationGracePeriodSeconds ?? 30;
+        assert.ok(termination > grace, `terminationGracePeriodSeconds ${termination} must exceed --grace-period ${grace}`);
+      });
+
+      test('the DaemonSet lands on GPU nodes only', () => {
+        const pod = daemonSet(manifests()).spec?.template.spec;
+        const selects =
+          Object.keys(pod?.nodeSelector ?? {}).some((k) => k.includes('gpu')) ||
+          pod?.affinity?.nodeAffinity?.requiredDuringSchedulingIgnoredDuringExecution !== undefined;
+        assert.ok(selects, 'a GPU nodeSelector or required node affinity');
+        assert.ok(
+          pod?.tolerations?.some((t) => t.key?.includes('gpu')),
+          'tolerates the GPU taint',
+        );
+      });
+
+      test('the agent image is pinned to this version, not :latest', () => {
+        const agent = agentContainer(daemonSet(manifests()));
+        const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
+        assert.ok(agent.image?.endsWith(`:${pkg.version}`), `${agent.image} should end with :${pkg.version}`);
+      });
+    });
+  }
 });

@@ -11,7 +11,7 @@
  *
  * Where the test may make a memory cgroup (root, cgroup v1 or a delegating
  * v2), the agent runs under the memory limit the Kubernetes DaemonSet gives
- * it (read from k8s/daemonset.yaml), and the kernel's own counters must show
+ * it (read from k8s/base/daemonset.yaml), and the kernel's own counters must show
  * that the load never reached the limit and nothing was OOM-killed.
  */
 import assert from 'node:assert/strict';
@@ -50,15 +50,15 @@ interface Container {
   resources?: { limits?: { memory?: string } };
 }
 
-/** The agent container's memory limit in k8s/daemonset.yaml. */
+/** The agent container's memory limit in k8s/base/daemonset.yaml. */
 function daemonSetMemoryLimit(): string {
-  for (const doc of parseAllDocuments(readFileSync(`${ROOT}k8s/daemonset.yaml`, 'utf8'))) {
+  for (const doc of parseAllDocuments(readFileSync(`${ROOT}k8s/base/daemonset.yaml`, 'utf8'))) {
     const workload = doc.toJS() as { kind?: string; spec?: { template?: { spec?: { containers?: Container[] } } } };
     if (workload.kind !== 'DaemonSet') continue;
     const agent = workload.spec?.template?.spec?.containers?.find((c) => /revdial/.test(`${c.name} ${c.image}`));
     if (agent?.resources?.limits?.memory) return agent.resources.limits.memory;
   }
-  throw new Error('k8s/daemonset.yaml: no memory limit on the agent container');
+  throw new Error('k8s/base/daemonset.yaml: no memory limit on the agent container');
 }
 
 test(
