@@ -101,6 +101,9 @@ export class StandInWolf {
     const url = new URL(req.url ?? '/', 'http://wolf');
     if (req.method === 'GET' && url.pathname === '/api/v1/system/health') {
       json(res, 200, { status: 'ok', service: 'wolf-stand-in' });
+    } else if (req.method === 'GET' && url.pathname === '/api/v1/apps') {
+      // Wolf's list of apps (what `doctor` asks for by default).
+      json(res, 200, { success: true, apps: [] });
     } else if (req.method === 'GET' && url.pathname === '/api/v1/events') {
       this.#events(res, Number(url.searchParams.get('keepaliveMs') ?? 15_000));
     } else if (req.method === 'GET' && url.pathname === '/bytes') {

@@ -12,6 +12,7 @@
  * and close the operations server last so probes answer (503) until the end.
  */
 import { CommanderError } from 'commander';
+import { DOCTOR_DEFAULTS, type DoctorFlags, addDoctorCommand, namesDoctor } from './doctor/command.js';
 import { type Config, PROGRAM, VERSION, buildProgram, describeConfig, resolveConfig } from './config.js';
 import { controlUrl, isLoopbackHost } from './net/endpoints.js';
 import { codeOf, describe } from './errors.js';
@@ -31,15 +32,38 @@ const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 /** How long a graceful shutdown waits for the registry to confirm the deregistration. */
 const DEREGISTER_TIMEOUT_MS = 3_000;
 
-export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Config | number {
+/** `doctor`: its flags, and the configuration it checks (or what is wrong with it). */
+export interface DoctorInvocation {
+  doctor: DoctorFlags;
+  config: Config | Error;
+}
+
+export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Config | DoctorInvocation | number {
   const program = buildProgram().exitOverride();
   program.configureOutput({
     writeErr: () => undefined, // commander's own error text is replaced by our one line
   });
+  let doctor: DoctorFlags | undefined;
+  // The agent itself is the program's own action; `doctor` is its one subcommand.
+  program.action(() => undefined);
+  addDoctorCommand(program, (flags) => {
+    doctor = flags;
+  });
   try {
     program.parse(argv, { from: 'user' });
+    if (doctor) {
+      try {
+        return { doctor, config: resolveConfig(program, env) };
+      } catch (err) {
+        return { doctor, config: err instanceof Error ? err : new Error(String(err)) };
+      }
+    }
     return resolveConfig(program, env);
   } catch (err) {
+    // A flag or variable commander refused before `doctor` ran: the doctor reports it as its first step.
+    if (err instanceof CommanderError && err.exitCode !== 0 && namesDoctor(argv)) {
+      return { doctor: { ...DOCTOR_DEFAULTS, json: argv.includes('--json') }, config: new Error(err.message) };
+    }
     if (err instanceof CommanderError) {
       if (err.exitCode === 0) return EXIT_OK; // --help, --version
       process.stderr.write(`${PROGRAM}: invalid configuration: ${err.message.replace(/^error: /, '')}\n`);
@@ -76,6 +100,12 @@ export function startupWarnings(config: Config, log: Logger): void {
 export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number | undefined> {
   const parsed = parseCommandLine(argv, env);
   if (typeof parsed === 'number') return parsed;
+  if ('doctor' in parsed) {
+    // Loaded only for the subcommand. Exit as soon as the report is out: a DNS
+    // lookup that outlived its time limit must not hold the process.
+    const code = await (await import('./doctor/run.js')).doctorMain(parsed.config, parsed.doctor, process.stdout);
+    process.exit(code);
+  }
   const config = parsed;
   if (config.checkOnly) {
     process.stdout.write(`${JSON.stringify(describeConfig(config), null, 2)}\n`);

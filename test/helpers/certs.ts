@@ -15,7 +15,14 @@ export interface TestCerts {
   cleanup: () => void;
 }
 
-export function makeCerts(): TestCerts {
+export interface CertOptions {
+  /** Validity of the server certificate in days; negative makes one that has already expired. Default 2. */
+  days?: number;
+  /** Its subjectAltName. Default `IP:127.0.0.1,DNS:localhost`. */
+  san?: string;
+}
+
+export function makeCerts(options: CertOptions = {}): TestCerts {
   const dir = mkdtempSync(join(tmpdir(), 'revdial-certs-'));
   const at = (f: string): string => join(dir, f);
   const ssl = (...args: string[]): void => {
@@ -39,7 +46,7 @@ export function makeCerts(): TestCerts {
     at('ca.pem'),
   );
   ssl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=localhost', '-keyout', at('server.key'), '-out', at('server.csr'));
-  writeFileSync(at('ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n');
+  writeFileSync(at('ext.cnf'), `subjectAltName=${options.san ?? 'IP:127.0.0.1,DNS:localhost'}\nextendedKeyUsage=serverAuth\n`);
   ssl(
     'x509',
     '-req',
@@ -51,7 +58,7 @@ export function makeCerts(): TestCerts {
     at('ca.key'),
     '-CAcreateserial',
     '-days',
-    '2',
+    String(options.days ?? 2),
     '-extfile',
     at('ext.cnf'),
     '-out',
