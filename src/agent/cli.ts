@@ -7,6 +7,9 @@
  * bound, e.g. the port is in use, since only a configuration change fixes
  * that); 130 / 143 a second SIGINT / SIGTERM during the drain (exit at once).
  *
+ * `doctor` (doctor/): checks the same configuration step by step and exits 0
+ * when every check passes, 1 otherwise (a configuration error included).
+ *
  * Shutdown order: stop taking tunnels and deregister from the registry at
  * once (the deregistration has its own short time limit), drain the tunnels,
  * and close the operations server last so probes answer (503) until the end.

@@ -34,11 +34,25 @@ interface Help {
   flags: Set<string>;
   /** Variables bound to an option: commander's `(env: NAME)`. */
   optionVariables: Set<string>;
+  /** The `doctor` subcommand's own flags (`doctor --help`), besides the agent's. */
+  doctorFlags: Set<string>;
   /** Every upper-case NAME_LIKE_THIS word in --help: options' variables and any the help text mentions. */
   mentionedVariables: Set<string>;
 }
 
+/** Option flags of one `--help` text: lines "  -V, --version   ..." or "  --api-url <url>   ..." (descriptions are indented further). */
+function helpFlags(text: string): Set<string> {
+  const flags = new Set<string>();
+  for (const line of text.split('\n')) {
+    const m = /^ {2}((?:-[A-Za-z], )?--[a-z][a-z0-9-]*)/.exec(line);
+    if (m) flags.add(/--[a-z][a-z0-9-]*/.exec(m[1]!)![0]);
+  }
+  return flags;
+}
+
 function agentHelp(): Help {
+  const doctor = spawnSync(nodeBin, [entry, 'doctor', '--help'], { encoding: 'utf8', env: { PATH: process.env['PATH'] ?? '' }, timeout: 20_000 });
+  assert.equal(doctor.status, 0, `${entry} doctor --help exited ${doctor.status}: ${doctor.stderr}`);
   const run = spawnSync(nodeBin, [entry, '--help'], {
     encoding: 'utf8',
     env: { PATH: process.env['PATH'] ?? '' },
@@ -56,7 +70,7 @@ function agentHelp(): Help {
   }
   const optionVariables = new Set([...flat.matchAll(/\benv: ([A-Z][A-Z0-9_]*)\)/g)].map((m) => m[1]!));
   const mentionedVariables = new Set([...flat.matchAll(/\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b/g)].map((m) => m[0]));
-  return { text, flags, optionVariables, mentionedVariables };
+  return { text, flags, optionVariables, doctorFlags: helpFlags(doctor.stdout), mentionedVariables };
 }
 
 /** Splits markdown into prose (fenced blocks removed) and the fenced blocks' lines. */
@@ -148,7 +162,7 @@ describe('INTEGRATION.md agrees with the agent', () => {
   test('every flag the guide shows for the agent exists', () => {
     const flags = guideFlags(md);
     assert.ok(flags.size > 5, 'the guide shows the agent flags');
-    assert.deepEqual(difference(flags, help.flags), [], 'flags in INTEGRATION.md that the agent does not accept');
+    assert.deepEqual(difference(flags, new Set([...help.flags, ...help.doctorFlags])), [], 'flags in INTEGRATION.md that the agent does not accept');
   });
 
   test('every variable the guide names is one the agent accepts', () => {
@@ -162,7 +176,7 @@ describe('INTEGRATION.md agrees with the agent', () => {
 
   test('the checks catch a stale guide (they can fail)', () => {
     const stale = md.replace('## Configuration', '## Configuration\n\nAlso `--no-such-flag` and `REVDIAL_NO_SUCH_VAR`.');
-    assert.deepEqual(difference(guideFlags(stale), help.flags), ['--no-such-flag']);
+    assert.deepEqual(difference(guideFlags(stale), new Set([...help.flags, ...help.doctorFlags])), ['--no-such-flag']);
     assert.deepEqual(difference(guideVariables(stale), accepted), ['REVDIAL_NO_SUCH_VAR']);
     // Drop the --api-url row: the table check must report the flag and its variable.
     const rows = configurationTable(md).filter((r) => !r.startsWith('| `--api-url'));
