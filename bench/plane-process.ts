@@ -227,7 +227,7 @@ function closeIdle(): number {
 
 serve({
   waitRunner: async (args) => {
-    await plane.waitForRunner(String(args.runnerId ?? runnerId), Number(args.timeoutMs ?? 10_000));
+    await plane.waitForRunner(typeof args.runnerId === 'string' ? args.runnerId : runnerId, Number(args.timeoutMs ?? 10_000));
     return true;
   },
   bulk,

@@ -137,18 +137,18 @@ function startAgent(command: string, args: string[], env: NodeJS.ProcessEnv, log
   started.push(child);
   if (logFile) {
     const log = createWriteStream(logFile, { flags: 'a' });
-    child.stdout?.on('data', (b: Buffer) => log.write(b));
-    child.stderr?.on('data', (b: Buffer) => log.write(b));
+    child.stdout.on('data', (b: Buffer) => log.write(b));
+    child.stderr.on('data', (b: Buffer) => log.write(b));
     child.once('exit', () => log.end());
   }
   let err = '';
-  child.stderr?.setEncoding('utf8').on('data', (s: string) => {
+  child.stderr.setEncoding('utf8').on('data', (s: string) => {
     err += s;
   });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const connected = new Promise<number>((resolve, reject) => {
     let buffered = '';
-    child.stdout?.setEncoding('utf8').on('data', (s: string) => {
+    child.stdout.setEncoding('utf8').on('data', (s: string) => {
       buffered += s;
       if (buffered.includes(CONNECTED)) {
         resolve(Number(process.hrtime.bigint() - t0) / 1e6);
@@ -287,10 +287,10 @@ function printTable(): void {
     verdict(f),
   ]);
   const head = ['section', 'figure', 'tunnel/agent (median)', 'without tunnel', 'ratio', 'noise', 'target'];
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] as string).length)));
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (r: string[]): string =>
     r
-      .map((c, i) => c.padEnd(widths[i] as number))
+      .map((c, i) => c.padEnd(widths[i]!))
       .join('  ')
       .trimEnd();
   console.log(`\n${line(head)}\n${widths.map((w) => '-'.repeat(w)).join('  ')}`);
@@ -308,7 +308,7 @@ async function main(): Promise<void> {
     try {
       execFileSync(tool, ['--version'], { stdio: 'ignore' });
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`${tool} not found: apt-get install -y wrk`);
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new Error(`${tool} not found: apt-get install -y wrk`, { cause: err });
     }
   }
   if (!existsSync(join(ROOT, AGENT_JS))) throw new Error(`${AGENT_JS} missing: run npm run build`);
@@ -372,8 +372,8 @@ async function main(): Promise<void> {
   const bare = spawn(NODE, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
   started.push(bare);
   await new Promise((r) => setTimeout(r, 500));
-  const bareRss = rssMiB(bare.pid as number);
-  const bareRssAnon = rssAnonMiB(bare.pid as number);
+  const bareRss = rssMiB(bare.pid!);
+  const bareRssAnon = rssAnonMiB(bare.pid!);
   bare.kill('SIGKILL');
   figure({ section: 'memory', name: 'RSS idle', unit: 'MiB', runs: [rssIdle], directRuns: [bareRss], directLabel: 'bare node', target: 64 });
   figure({

@@ -65,6 +65,8 @@ async function run(): Promise<boolean> {
     say(`Wolf API       ${local}  (stand-in)`);
 
     const env: NodeJS.ProcessEnv = { ...process.env };
+    // Deleting is the only way to unset an environment variable.
+    // eslint-disable-next-line @typescript-eslint/no-dynamic-delete
     for (const k of ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy', 'NO_PROXY', 'no_proxy']) delete env[k];
     Object.assign(env, {
       HELIX_API_URL: plane.url,
@@ -76,7 +78,7 @@ async function run(): Promise<boolean> {
     });
     const started = performance.now();
     const connected = plane.waitForRunner(runnerId, 15_000);
-    agent = spawn(args['agent-cmd'] as string, [], { env, stdio: ['ignore', 'pipe', 'inherit'] });
+    agent = spawn(args['agent-cmd'], [], { env, stdio: ['ignore', 'pipe', 'inherit'] });
     agent.stdout?.setEncoding('utf8');
     agent.stdout?.on('data', (text: string) => {
       if (args.quiet) return;
@@ -131,7 +133,7 @@ async function run(): Promise<boolean> {
   } catch (err) {
     check(false, `demo failed: ${err instanceof Error ? err.message : String(err)}`);
   } finally {
-    if (agent && agent.exitCode === null) agent.kill('SIGKILL');
+    if (agent?.exitCode === null) agent.kill('SIGKILL');
     await plane.close();
     await wolf.close();
     rmSync(dir, { recursive: true, force: true });
@@ -139,7 +141,14 @@ async function run(): Promise<boolean> {
   return ok;
 }
 
-run().then((ok) => {
-  say(ok ? '\nDemo passed: every byte went through the tunnel and came back intact.' : '\nDemo FAILED.');
-  process.exitCode = ok ? 0 : 1;
-});
+run().then(
+  (ok) => {
+    say(ok ? '\nDemo passed: every byte went through the tunnel and came back intact.' : '\nDemo FAILED.');
+    process.exitCode = ok ? 0 : 1;
+  },
+  (err: unknown) => {
+    // Cleanup itself failed (closing the stand-ins): report it instead of an unhandled rejection.
+    say(`\nDemo FAILED: ${err instanceof Error ? err.message : String(err)}`);
+    process.exitCode = 1;
+  },
+);

@@ -62,7 +62,10 @@ interface Node {
 /** Whether this agent build has the registry client (`--register`, issue 3). */
 function agentRegisters(cmd: string): boolean {
   const help = spawnSync(cmd, ['--help'], { encoding: 'utf8', timeout: 15_000 });
-  return /--register\b/.test(help.stdout ?? '') && /--heartbeat-interval\b/.test(help.stdout ?? '');
+  // spawnSync leaves stdout null when the command cannot start, which its type does not say.
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
+  const out = help.stdout ?? '';
+  return /--register\b/.test(out) && /--heartbeat-interval\b/.test(out);
 }
 
 /** Resolves when `emitter` emits `event` with arguments that satisfy `pred`. */
@@ -116,7 +119,7 @@ async function run(): Promise<boolean> {
   if (!Number.isInteger(total) || total < 1) throw new Error('--sandboxes must be 1 or more');
   if (!Number.isInteger(max) || max * wolves < total) throw new Error('--max-sandboxes times --wolves must hold --sandboxes');
 
-  const agentCmd = args['agent-cmd'] as string;
+  const agentCmd = args['agent-cmd'];
   const dir = mkdtempSync(join(tmpdir(), 'wolf-revdial-multi-'));
   const token = randomBytes(24).toString('hex');
   const planeLog = pino(
@@ -125,7 +128,7 @@ async function run(): Promise<boolean> {
       write: (s: string) => {
         for (const raw of s.split('\n').filter(Boolean)) {
           const line = JSON.parse(raw) as { level: number; msg: string };
-          if (args.verbose || (/^Wolf /.test(line.msg) && line.level >= 30)) say(`  plane | ${line.msg}`);
+          if (args.verbose || (line.msg.startsWith('Wolf ') && line.level >= 30)) say(`  plane | ${line.msg}`);
         }
       },
     },
@@ -155,7 +158,7 @@ async function run(): Promise<boolean> {
       const name = `node-${k + 1}`;
       const wolf = new StandInWolf({ socketPath: join(dir, `${name}.sock`) });
       const local = await wolf.listen();
-      nodes.push({ name, runnerId: `wolf-${name}`, gpu: GPU_TYPES[k % GPU_TYPES.length] as string, wolf, local });
+      nodes.push({ name, runnerId: `wolf-${name}`, gpu: GPU_TYPES[k % GPU_TYPES.length]!, wolf, local });
     }
 
     // Start every agent and wait until each is both connected and registered.
@@ -190,8 +193,8 @@ async function run(): Promise<boolean> {
       const agent = spawn(agentCmd, flags, { env, stdio: ['ignore', 'pipe', 'inherit'] });
       n.agent = agent;
       n.exited = new Promise((resolve) => agent.once('exit', (code) => resolve(code)));
-      agent.stdout?.setEncoding('utf8');
-      agent.stdout?.on('data', (text: string) => {
+      agent.stdout.setEncoding('utf8');
+      agent.stdout.on('data', (text: string) => {
         if (!args.verbose) return;
         for (const line of text.split('\n').filter(Boolean)) say(`  ${n.name} | ${line}`);
       });
@@ -225,7 +228,7 @@ async function run(): Promise<boolean> {
       const r = await api(fleet, token, 'GET', `/api/v1/sandboxes/${s.id}/proxy/api/v1/system/health`);
       if (r.status === 200 && (r.json as { status?: string }).status === 'ok') healthy++;
     }
-    const served = nodes.map((n, k) => n.wolf.requests - (before[k] as number));
+    const served = nodes.map((n, k) => n.wolf.requests - before[k]!);
     const held = nodes.map((n) => made.filter((s) => s.instance_name === n.name).length);
     check(
       healthy === total && served.every((v, k) => v === held[k]),
@@ -233,7 +236,7 @@ async function run(): Promise<boolean> {
     );
 
     // 3. GPU filter.
-    const amd = nodes.find((n) => n.gpu === 'amd') as Node;
+    const amd = nodes.find((n) => n.gpu === 'amd')!;
     const gpuPick = await api(fleet, token, 'POST', '/api/v1/sandboxes', { gpu_type: 'amd' });
     check(
       gpuPick.status === 201 && (gpuPick.json as Sandbox).instance_name === amd.name,
@@ -247,7 +250,7 @@ async function run(): Promise<boolean> {
     );
 
     // 4. SIGTERM: the agent drains and deregisters.
-    const stopped = nodes[0] as Node;
+    const stopped = nodes[0]!;
     say(`\n== SIGTERM ${stopped.name} (pid ${stopped.agent?.pid})`);
     const gone = waitForEvent<[WolfInstance]>(fleet.registry, 'deregistered', (i) => i.name === stopped.name, `${stopped.name} to deregister`);
     stopped.agent?.kill('SIGTERM');
@@ -256,7 +259,7 @@ async function run(): Promise<boolean> {
     check(code === 0 && !fleet.registry.findByName(stopped.name), `${stopped.name} exited with code ${code} and is no longer registered`);
 
     // 5. SIGKILL: the tunnel drops at once (degraded), heartbeats stop (offline).
-    const killed = nodes[1] as Node;
+    const killed = nodes[1]!;
     say(`\n== SIGKILL ${killed.name} (pid ${killed.agent?.pid})`);
     const killedId = fleet.registry.findByName(killed.name)?.id;
     const t0 = performance.now();
@@ -305,10 +308,10 @@ async function run(): Promise<boolean> {
       refusal?.status === 503 && (refusal.json as { code?: string }).code === 'REVDIAL_NO_INSTANCE_AVAILABLE',
       `the next one -> ${refusal?.status} ${(refusal?.json as { code?: string } | undefined)?.code}: ${(refusal?.json as { error?: string } | undefined)?.error}`,
     );
-    const onSurvivor = fresh[0] as Sandbox;
+    const onSurvivor = fresh[0]!;
     const ping = await api(fleet, token, 'GET', `/api/v1/sandboxes/${onSurvivor.id}/proxy/api/v1/system/health`);
     check(ping.status === 200, `a new sandbox on ${onSurvivor.instance_name} answers through its tunnel: ${ping.status}`);
-    const orphan = made.find((s) => s.instance_name === killed.name) as Sandbox;
+    const orphan = made.find((s) => s.instance_name === killed.name)!;
     const dead = await api(fleet, token, 'GET', `/api/v1/sandboxes/${orphan.id}/proxy/api/v1/system/health`);
     check(
       dead.status === 502 && (dead.json as { code?: string }).code === 'REVDIAL_SANDBOX_UNREACHABLE',
@@ -335,7 +338,7 @@ async function run(): Promise<boolean> {
     check(false, `demo failed: ${err instanceof Error ? err.message : String(err)}`);
   } finally {
     for (const n of nodes) {
-      if (n.agent && n.agent.exitCode === null && n.agent.signalCode === null) n.agent.kill('SIGKILL');
+      if (n.agent?.exitCode === null && n.agent.signalCode === null) n.agent.kill('SIGKILL');
     }
     await fleet.close();
     for (const n of nodes) await n.wolf.close();

@@ -193,7 +193,7 @@ export class Dialer extends EventEmitter {
   #onPickupFailed(msg: ControlMessage): void {
     const connPath = msg.connPath ?? '';
     this.emit('pickup-failed', connPath, msg.err ?? '');
-    let req: string | null = null;
+    let req: string | null;
     try {
       req = new URL(connPath, 'http://x').searchParams.get('revdial.req');
     } catch {

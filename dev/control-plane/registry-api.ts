@@ -110,25 +110,37 @@ export function installRegistryApi(plane: ControlPlane, registry: Registry, opti
     const notFound = (): void => sendError(res, 404, ErrorCodes.INSTANCE_NOT_FOUND, `no Wolf instance with id ${id ?? ''}: register it first`);
 
     if (m[2] !== undefined && req.method === 'POST') {
-      if (!known) return notFound();
+      if (!known) {
+        notFound();
+        return;
+      }
       const instance = registry.heartbeat(known.id);
       log?.debug({ instanceId: instance.id, name: instance.name }, `Heartbeat from Wolf instance ${instance.name}`);
       sendJson(res, 200, { status: 'ok' });
       return;
     }
     if (rest === '' || rest === '/') {
-      if (req.method !== 'GET') return methodNotAllowed(res);
+      if (req.method !== 'GET') {
+        methodNotAllowed(res);
+        return;
+      }
       sendJson(res, 200, registry.list());
       return;
     }
     if (m[1] !== undefined && !isRegister) {
       if (req.method === 'GET') {
-        if (!known) return notFound();
+        if (!known) {
+          notFound();
+          return;
+        }
         sendJson(res, 200, known);
         return;
       }
       if (req.method === 'DELETE') {
-        if (!known) return notFound();
+        if (!known) {
+          notFound();
+          return;
+        }
         registry.deregister(known.id);
         log?.info({ instanceId: known.id, name: known.name }, `Wolf instance ${known.name} deregistered`);
         sendJson(res, 200, { status: 'ok' });

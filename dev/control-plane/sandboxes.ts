@@ -62,7 +62,7 @@ export class Sandboxes {
    */
   create(request: ScheduleRequest = {}): Sandbox {
     const instance = selectInstance(this.#registry.list(), request);
-    this.#registry.adjustSandboxes(instance.id, +1);
+    this.#registry.adjustSandboxes(instance.id, 1);
     const gpu = request.gpuType?.trim() ? request.gpuType.trim().toLowerCase() : null;
     const sandbox: Sandbox = {
       id: `sbx-${randomBytes(8).toString('hex')}`,

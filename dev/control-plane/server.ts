@@ -155,7 +155,7 @@ export class ControlPlane extends EventEmitter {
         method: request.method ?? 'GET',
         path: request.path,
         headers,
-        createConnection: () => stream as unknown as import('node:net').Socket,
+        createConnection: () => stream,
         ...(signal ? { signal } : {}),
       });
       req.once('response', resolve);

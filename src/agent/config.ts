@@ -363,7 +363,7 @@ export function resolveConfig(program: Command, env: NodeJS.ProcessEnv, host: Ho
   let token: () => string;
   let tokenSource: Config['tokenSource'];
   if (hasFile) {
-    const path = o.tokenFile as string;
+    const path = o.tokenFile!;
     let last = readTokenFile(path);
     let readAt = Date.now();
     tokenSource = 'file';
@@ -382,7 +382,7 @@ export function resolveConfig(program: Command, env: NodeJS.ProcessEnv, host: Ho
       return last;
     };
   } else {
-    const value = o.token as string;
+    const value = o.token!;
     if (/[\r\n]/.test(value)) throw configError('the runner token contains a line break');
     tokenSource = program.getOptionValueSource('token') === 'env' ? 'env' : 'flag';
     token = () => value;
@@ -435,7 +435,7 @@ export function resolveConfig(program: Command, env: NodeJS.ProcessEnv, host: Ho
     preconnect: o.preconnect,
   };
   if (o.tlsMaxVersion) config.tlsMaxVersion = o.tlsMaxVersion;
-  if (hasFile) config.tokenFile = o.tokenFile as string;
+  if (hasFile) config.tokenFile = o.tokenFile!;
   if (o.caFile) config.caFile = o.caFile;
   if (ca) config.ca = ca;
   return config;

@@ -47,16 +47,16 @@ function seconds(duration: string): number {
 describe('docker-compose.example.yaml', () => {
   const compose = parse(readFileSync(join(root, 'docker-compose.example.yaml'), 'utf8')) as Compose;
   const entries = Object.entries(compose.services);
-  const agentEntry = entries.find(([, s]) => s.environment?.['HELIX_API_URL'] !== undefined);
-  const wolfEntry = entries.find(([, s]) => s.environment?.['WOLF_SOCKET_PATH'] !== undefined);
+  const agentEntry = entries.find(([, s]) => s.environment?.HELIX_API_URL !== undefined);
+  const wolfEntry = entries.find(([, s]) => s.environment?.WOLF_SOCKET_PATH !== undefined);
   assert.ok(agentEntry, 'a service with HELIX_API_URL (the agent)');
   assert.ok(wolfEntry, 'a service with WOLF_SOCKET_PATH (Wolf)');
   const agent = agentEntry[1];
   const wolf = wolfEntry[1];
 
   test('the agent dials the socket Wolf creates, through one shared named volume', () => {
-    const socket = wolf.environment?.['WOLF_SOCKET_PATH'] ?? '';
-    assert.equal(agent.environment?.['WOLF_LOCAL_ADDR'], `unix://${socket}`);
+    const socket = wolf.environment?.WOLF_SOCKET_PATH ?? '';
+    assert.equal(agent.environment?.WOLF_LOCAL_ADDR, `unix://${socket}`);
     const volumeAt = (s: Service) => s.volumes?.map((v) => v.split(':')).find((p) => p[1] === dirname(socket))?.[0];
     const shared = volumeAt(wolf);
     assert.ok(shared, `Wolf mounts a volume at ${dirname(socket)} (the directory, not the socket file)`);
@@ -65,8 +65,8 @@ describe('docker-compose.example.yaml', () => {
   });
 
   test('the token comes from a secret file, never from the environment', () => {
-    assert.equal(agent.environment?.['RUNNER_TOKEN'], undefined);
-    const file = agent.environment?.['RUNNER_TOKEN_FILE'];
+    assert.equal(agent.environment?.RUNNER_TOKEN, undefined);
+    const file = agent.environment?.RUNNER_TOKEN_FILE;
     const secret = agent.secrets?.[0];
     assert.ok(secret, 'the agent has a secret');
     assert.equal(file, `/run/secrets/${secret}`);

@@ -55,7 +55,7 @@ function agentHelp(): Help {
   assert.equal(doctor.status, 0, `${entry} doctor --help exited ${doctor.status}: ${doctor.stderr}`);
   const run = spawnSync(nodeBin, [entry, '--help'], {
     encoding: 'utf8',
-    env: { PATH: process.env['PATH'] ?? '' },
+    env: { PATH: process.env.PATH ?? '' },
     timeout: 20_000,
   });
   assert.equal(run.error, undefined, `cannot run ${entry}: ${String(run.error)} (npm run build first)`);
@@ -236,7 +236,7 @@ describe('deployment files set only variables the agent accepts', () => {
     const compose = parse(readFileSync(join(root, 'docker-compose.example.yaml'), 'utf8')) as {
       services: Record<string, { environment?: Record<string, string> }>;
     };
-    const agents = Object.values(compose.services).filter((s) => s.environment?.['HELIX_API_URL'] !== undefined);
+    const agents = Object.values(compose.services).filter((s) => s.environment?.HELIX_API_URL !== undefined);
     assert.equal(agents.length, 1, 'one agent service');
     check('docker-compose.example.yaml', Object.keys(agents[0]!.environment ?? {}));
   });

@@ -106,6 +106,8 @@ test('parseControlLine: any bytes give a message, null, or REVDIAL_PROTOCOL_INVA
   const candidates = fc.oneof(
     fc.uint8Array({ maxLength: 400 }).map((a) => Buffer.from(a)),
     fc.json().map((j) => Buffer.from(j)),
+    // JSON.stringify returns undefined for undefined and functions, which its type does not say.
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
     fc.anything().map((v) => Buffer.from(JSON.stringify(v) ?? 'undefined')),
     fc.string().map((s) => Buffer.from(`{"command":${s}`)),
   );
@@ -134,7 +136,9 @@ class FakeSocket extends EventEmitter {
   send(data: Buffer): void {
     this.sent.push(data);
   }
-  ping(): void {}
+  ping(): void {
+    /* this peer never answers */
+  }
   close(): void {
     this.terminate();
   }
@@ -193,6 +197,8 @@ test('ControlSession: hostile input (random bytes, oversized lines, text frames,
     fc.integer({ min: MAX_LINE + 1, max: 200_000 }).map((n) => ({ data: Buffer.alloc(n, 0x7b), binary: true })),
     fc.string({ minLength: 1 }).map((s) => ({ data: Buffer.from(`${JSON.stringify({ command: 'keep-alive' })}\n${s}`), binary: false })),
     fc.string().map((s) => ({ data: Buffer.from(`{"command":"conn-ready","connPath":${s}\n`), binary: true })),
+    // As above: JSON.stringify can return undefined.
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
     fc.anything().map((v) => ({ data: Buffer.from(`${JSON.stringify(v) ?? 'null'}\n`), binary: true })),
   );
   const codes = new Map<string, number>();

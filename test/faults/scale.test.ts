@@ -55,7 +55,7 @@ function daemonSetMemoryLimit(): string {
   for (const doc of parseAllDocuments(readFileSync(`${ROOT}k8s/base/daemonset.yaml`, 'utf8'))) {
     const workload = doc.toJS() as { kind?: string; spec?: { template?: { spec?: { containers?: Container[] } } } };
     if (workload.kind !== 'DaemonSet') continue;
-    const agent = workload.spec?.template?.spec?.containers?.find((c) => /revdial/.test(`${c.name} ${c.image}`));
+    const agent = workload.spec?.template?.spec?.containers?.find((c) => `${c.name} ${c.image}`.includes('revdial'));
     if (agent?.resources?.limits?.memory) return agent.resources.limits.memory;
   }
   throw new Error('k8s/base/daemonset.yaml: no memory limit on the agent container');

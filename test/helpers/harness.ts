@@ -223,8 +223,8 @@ export function spawnAgent(t: TestContext | undefined, env: NodeJS.ProcessEnv, a
     : spawn(BIN, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs = new LogCapture();
   let buffered = '';
-  child.stdout?.setEncoding('utf8');
-  child.stdout?.on('data', (text: string) => {
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (text: string) => {
     buffered += text;
     const end = buffered.lastIndexOf('\n');
     if (end === -1) return;
@@ -232,8 +232,8 @@ export function spawnAgent(t: TestContext | undefined, env: NodeJS.ProcessEnv, a
     buffered = buffered.slice(end + 1);
   });
   let err = '';
-  child.stderr?.setEncoding('utf8');
-  child.stderr?.on('data', (text: string) => {
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (text: string) => {
     err += text;
   });
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {

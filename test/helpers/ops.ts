@@ -47,7 +47,7 @@ export async function get(port: number, path: string, method = 'GET'): Promise<{
       res.on('data', (c: string) => {
         body += c;
       });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, type: String(res.headers['content-type'] ?? ''), body }));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, type: res.headers['content-type'] ?? '', body }));
     });
     req.on('error', reject);
     req.end();
@@ -63,7 +63,7 @@ export function sample(text: string, name: string, labels: Record<string, string
   for (const line of text.split('\n')) {
     if (line.startsWith('#')) continue;
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? (\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
+    if (m?.[1] !== name) continue;
     const have = (m[2] ?? '').split(',').filter(Boolean).sort().join(',');
     if (have === want) return Number(m[3]);
   }

@@ -42,7 +42,7 @@ test('defaults: checked every 60 s, offline once the last heartbeat is older tha
 
   // w2 heartbeats every 30 s; w1 falls silent.
   const beat = (): void => {
-    registry.heartbeat(registry.findByName('w2')?.id as string);
+    registry.heartbeat(registry.findByName('w2')!.id);
   };
   for (let s = 30; s <= 120; s += 30) {
     clock.tick(30_000);
@@ -66,7 +66,7 @@ test('defaults: checked every 60 s, offline once the last heartbeat is older tha
   assert.equal(line.to, 'offline');
   assert.equal(line.from, 'online');
   assert.equal(
-    logs.count((l) => String(l.msg).includes('w2 marked')),
+    logs.count((l) => l.msg.includes('w2 marked')),
     0,
   );
 });
@@ -130,7 +130,7 @@ test('with tunnel watching: an instance whose RevDial tunnel is down is degraded
   assert.equal(sandboxes.create().instance_name, 'a');
   assert.equal(sandboxes.create().instance_name, 'a');
   // A heartbeat over HTTP does not lift `degraded`: the tunnel is still down.
-  registry.heartbeat(registry.findByName('b')?.id as string);
+  registry.heartbeat(registry.findByName('b')!.id);
   assert.equal(status(registry, 'b'), 'degraded');
   tunnels.add('wolf-b');
   assert.deepEqual(

@@ -120,7 +120,7 @@ test('registering the same name again keeps the id and the sandbox count, update
   const { base, registry } = await setup(t);
   const first = await call(base, 'POST', '/api/v1/wolf-instances/register', TOKEN, body);
   const id = String(field(first.body, 'id'));
-  registry.adjustSandboxes(id, +1);
+  registry.adjustSandboxes(id, 1);
   registry.setStatus(id, 'offline', 'test');
   const second = await call(base, 'POST', '/api/v1/wolf-instances/register', TOKEN, { ...body, max_sandboxes: 8, address: '10.0.0.6:8080' });
   assert.equal(second.status, 200);

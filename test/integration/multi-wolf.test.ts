@@ -89,7 +89,7 @@ test(
       assert.equal(r.status, 200);
       assert.equal(field(r.body, 'status'), 'ok');
     }
-    assert.deepEqual([a.wolf.requests - (before[0] as number), b.wolf.requests - (before[1] as number)], [2, 2]);
+    assert.deepEqual([a.wolf.requests - before[0]!, b.wolf.requests - before[1]!], [2, 2]);
 
     // GPU filter.
     const nv = await call(base, 'POST', '/api/v1/sandboxes', token, { gpu_type: 'nvidia' });
@@ -114,7 +114,7 @@ test(
     assert.equal(fleet.registry.findByName('e2e-a')?.connected_sandboxes, 4);
 
     // A sandbox on the dead Wolf cannot be reached; one on the survivor can.
-    const onB = made.find((s) => s.instance_name === 'e2e-b') as Sandbox;
+    const onB = made.find((s) => s.instance_name === 'e2e-b')!;
     const dead = await call(base, 'GET', `/api/v1/sandboxes/${onB.id}/proxy/api/v1/system/health`, token);
     assert.equal(dead.status, 502);
     assert.equal(field(dead.body, 'code'), 'REVDIAL_SANDBOX_UNREACHABLE');

@@ -48,7 +48,7 @@ async function startTinyproxy(t: TestContext): Promise<Tinyproxy> {
     [`Port ${port}`, 'Listen 127.0.0.1', 'Timeout 60', 'MaxClients 50', 'LogLevel Connect', `BasicAuth ${USER} ${PASSWORD}`, 'Allow 127.0.0.1', ''].join('\n'),
   );
   // -d: foreground, log lines on stdout.
-  const child: ChildProcess = spawn(TINYPROXY as string, ['-d', '-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child: ChildProcess = spawn(TINYPROXY!, ['-d', '-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout?.setEncoding('utf8').on('data', (s: string) => {
     out += s;

@@ -140,6 +140,8 @@ test('configuration from the environment; a flag beats its variable; the token f
     assert.equal(c.logLevel, 'debug');
     assert.equal(c.insecureSkipTlsVerify, false);
   } finally {
+    // Deleting is the only way to unset an environment variable.
+    // eslint-disable-next-line @typescript-eslint/no-dynamic-delete
     for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
     Object.assign(process.env, saved);
   }

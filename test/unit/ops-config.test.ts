@@ -32,6 +32,8 @@ function configOf(args: string[], env: NodeJS.ProcessEnv = {}, gpuPaths?: { dev:
     program.parse(args, { from: 'user' });
     return resolveConfig(program, full, gpuPaths ? { gpuPaths } : {});
   } finally {
+    // Deleting is the only way to unset an environment variable.
+    // eslint-disable-next-line @typescript-eslint/no-dynamic-delete
     for (const k of Object.keys(full)) if (!(k in saved)) delete process.env[k];
     Object.assign(process.env, saved);
   }

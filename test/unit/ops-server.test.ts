@@ -198,7 +198,7 @@ test('a port in use is a coded error naming the address and the variable', async
   const first = new OpsServer({
     address: { host: '127.0.0.1', port: 0 },
     readiness: () => ({ ready: true }),
-    metrics: async () => ({ contentType: 'text/plain', body: '' }),
+    metrics: () => Promise.resolve({ contentType: 'text/plain', body: '' }),
     log: log.log,
   });
   const { port } = await first.listen();
@@ -206,7 +206,7 @@ test('a port in use is a coded error naming the address and the variable', async
   const second = new OpsServer({
     address: { host: '127.0.0.1', port },
     readiness: () => ({ ready: true }),
-    metrics: async () => ({ contentType: 'text/plain', body: '' }),
+    metrics: () => Promise.resolve({ contentType: 'text/plain', body: '' }),
     log: log.log,
   });
   await assert.rejects(second.listen(), (err: Error & { code?: string; cause?: { code?: string } }) => {

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { type RegisterInput, Registry, type WolfInstance } from '../../dev/control-plane/registry.js';
+import { type RegisterInput, Registry } from '../../dev/control-plane/registry.js';
 import { Sandboxes, type TunnelClient } from '../../dev/control-plane/sandboxes.js';
 import { NoInstanceAvailableError, selectInstance } from '../../dev/control-plane/scheduler.js';
 import { FakeClock } from '../helpers/control-plane.js';
@@ -133,7 +133,7 @@ test('failover: once an instance is offline every new sandbox goes to the others
   const { sandboxes, registry, ids, counts } = setup({ name: 'a' }, { name: 'b' }, { name: 'c' });
   for (let n = 0; n < 6; n++) sandboxes.create();
   assert.deepEqual(counts(), { a: 2, b: 2, c: 2 });
-  registry.setStatus(ids[1] as string, 'offline', 'test');
+  registry.setStatus(ids[1]!, 'offline', 'test');
   const placed = Array.from({ length: 6 }, () => sandboxes.create().instance_name);
   assert.ok(!placed.includes('b'), placed.join(','));
   assert.deepEqual(counts(), { a: 5, b: 2, c: 5 });
@@ -143,9 +143,12 @@ test('destroying every sandbox brings every count back to zero; unknown ids are 
   const { sandboxes, registry, ids, counts } = setup({ name: 'a', max_sandboxes: 7 }, { name: 'b', max_sandboxes: 7 }, { name: 'c', max_sandboxes: 7 });
   const made = Array.from({ length: 20 }, () => sandboxes.create());
   // An instance going away while it holds sandboxes does not break destroy.
-  registry.setStatus(ids[2] as string, 'offline', 'test');
+  registry.setStatus(ids[2]!, 'offline', 'test');
   for (const s of made.slice(0, 10)) sandboxes.destroy(s.id);
-  for (const s of made.slice(10, 15)) sandboxes.create() && sandboxes.destroy(s.id);
+  for (const s of made.slice(10, 15)) {
+    sandboxes.create();
+    sandboxes.destroy(s.id);
+  }
   for (const s of sandboxes.list()) sandboxes.destroy(s.id);
   assert.deepEqual(counts(), { a: 0, b: 0, c: 0 });
   assert.equal(sandboxes.list().length, 0);
@@ -159,7 +162,7 @@ test('destroying every sandbox brings every count back to zero; unknown ids are 
 test('a deregistered holder: its sandboxes can still be destroyed, requests fail REVDIAL_SANDBOX_UNREACHABLE', async () => {
   const { sandboxes, registry, ids } = setup({ name: 'a' });
   const s = sandboxes.create();
-  registry.deregister(ids[0] as string);
+  registry.deregister(ids[0]!);
   await assert.rejects(sandboxes.request(s.id, { path: '/api/v1/system/health' }), { code: 'REVDIAL_SANDBOX_UNREACHABLE' });
   await assert.rejects(sandboxes.request('sbx-nope', { path: '/' }), { code: 'REVDIAL_SANDBOX_NOT_FOUND' });
   assert.equal(sandboxes.destroy(s.id).id, s.id);
@@ -196,7 +199,7 @@ test("requests go to the holder's runner id; tunnel failures become REVDIAL_SAND
 test('a sandbox record names its holder', () => {
   const { sandboxes, registry } = setup({ name: 'gpu-box', gpu_type: 'nvidia' });
   const s = sandboxes.create();
-  const holder = registry.get(s.instance_id) as WolfInstance;
+  const holder = registry.get(s.instance_id)!;
   assert.equal(holder.name, 'gpu-box');
   assert.equal(s.runner_id, 'wolf-gpu-box');
   assert.match(s.id, /^sbx-[0-9a-f]{16}$/);

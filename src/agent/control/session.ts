@@ -137,6 +137,8 @@ export class ControlSession {
         return;
       }
       if (msg !== null) this.#dispatch(msg);
+      // #dispatch may have ended the session; the type checker cannot see that.
+      // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
       if (this.#endReason !== undefined) return;
     }
   };

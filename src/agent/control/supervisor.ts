@@ -202,6 +202,8 @@ export class Agent {
         // so that agents dropped together do not come back together.
         delay = this.#o.reconnectMinMs * (1 + Math.random());
       } catch (err) {
+        // The signal may have aborted while pRetry waited; the type checker cannot see that.
+        // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
         if (signal.aborted) break;
         delay = this.#o.reconnectMaxMs;
         if (codeOf(err) === ErrorCodes.AUTH_REJECTED) {

@@ -50,7 +50,9 @@ function badLocal(text: string, why: string): RevdialError {
 }
 
 /** Errors after the hand-over are the bridge's to handle. */
-function ignoreError(): void {}
+function ignoreError(): void {
+  /* the new owner's own 'error' listener reports them */
+}
 
 export interface LocalDialOptions {
   timeoutMs: number;
@@ -105,6 +107,8 @@ export function dialLocal(target: LocalTarget, options: LocalDialOptions): Promi
         resolve(socket);
       } else {
         socket.destroy();
+        // A coded error, or the abort signal's reason passed on as the caller gave it.
+        // eslint-disable-next-line @typescript-eslint/prefer-promise-reject-errors
         reject(err);
       }
     };

@@ -142,7 +142,7 @@ function cidrContains(cidr: string, host: string): boolean {
   if (!Number.isInteger(prefix)) return false;
   const list = new BlockList();
   try {
-    list.addSubnet(net as string, prefix, family === 6 ? 'ipv6' : 'ipv4');
+    list.addSubnet(net!, prefix, family === 6 ? 'ipv6' : 'ipv4');
   } catch {
     return false;
   }

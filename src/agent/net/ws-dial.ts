@@ -192,7 +192,9 @@ export function dialWebSocket(url: URL, options: DialOptions): Promise<WebSocket
 }
 
 /** Errors after the hand-over are the new owner's to handle (bridge, session). */
-function ignoreError(): void {}
+function ignoreError(): void {
+  /* the new owner's own 'error' listener reports them */
+}
 
 function rejection(where: string, url: URL, status: number, body: string): HandshakeRejectedError {
   const said = body ? `: ${JSON.stringify(body)}` : '';

@@ -175,7 +175,7 @@ export class RegistryClient {
   }
 
   async #heartbeat(): Promise<RegistryResult> {
-    const id = this.#id as string;
+    const id = this.#id!;
     const { observer, log } = this.#o;
     let result: RegistryResult;
     try {

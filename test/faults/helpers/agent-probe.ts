@@ -12,6 +12,8 @@ import { readdirSync } from 'node:fs';
 import { getEventListeners } from 'node:events';
 
 const signals: WeakRef<AbortSignal>[] = [];
+// Called below with .apply(this, ...), so it is never unbound.
+// eslint-disable-next-line @typescript-eslint/unbound-method
 const originalAdd = EventTarget.prototype.addEventListener;
 EventTarget.prototype.addEventListener = function addEventListener(this: EventTarget, ...args: Parameters<EventTarget['addEventListener']>): void {
   if (this instanceof AbortSignal) signals.push(new WeakRef(this));

@@ -51,14 +51,14 @@ export class PlaneProcess {
     this.starts++;
     this.#exited = new Promise((resolve) => child.once('exit', () => resolve()));
     let stderr = '';
-    child.stderr?.setEncoding('utf8');
-    child.stderr?.on('data', (s: string) => {
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (s: string) => {
       stderr += s;
     });
     const port = await new Promise<number>((resolve, reject) => {
       let out = '';
-      child.stdout?.setEncoding('utf8');
-      child.stdout?.on('data', (s: string) => {
+      child.stdout.setEncoding('utf8');
+      child.stdout.on('data', (s: string) => {
         out += s;
         const m = /LISTENING (\d+)/.exec(out);
         if (m) resolve(Number(m[1]));
@@ -73,7 +73,7 @@ export class PlaneProcess {
   /** SIGKILL, and wait until the process is gone (its sockets closed by the kernel). */
   async kill(): Promise<void> {
     const child = this.#child;
-    if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    if (child?.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await this.#exited;
     this.#child = undefined;
   }
@@ -82,7 +82,7 @@ export class PlaneProcess {
   fetch(runnerId: string, path: string, timeoutMs = 10_000): Promise<{ status: number; body: Buffer }> {
     const query = new URLSearchParams({ runner: runnerId, path });
     return new Promise((resolve, reject) => {
-      const req = http.get(`${this.url}/test/fetch?${query}`, { agent: false, timeout: timeoutMs }, (res) => {
+      const req = http.get(`${this.url}/test/fetch?${query.toString()}`, { agent: false, timeout: timeoutMs }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
