@@ -43,17 +43,17 @@ interface Manifest {
 /** Kinds the manifests may use: the runtime validator and the type to check against. */
 const KINDS: Record<string, { validate: (doc: Record<string, unknown>) => void; module: string; type: string }> = {
   'v1/Namespace': {
-    validate: (doc) => new Namespace(doc as never).validate(),
+    validate: (doc) => new Namespace(doc).validate(),
     module: 'kubernetes-models/v1/Namespace',
     type: 'INamespace',
   },
   'v1/ConfigMap': {
-    validate: (doc) => new ConfigMap(doc as never).validate(),
+    validate: (doc) => new ConfigMap(doc).validate(),
     module: 'kubernetes-models/v1/ConfigMap',
     type: 'IConfigMap',
   },
   'apps/v1/DaemonSet': {
-    validate: (doc) => new DaemonSet(doc as never).validate(),
+    validate: (doc) => new DaemonSet(doc).validate(),
     module: 'kubernetes-models/apps/v1/DaemonSet',
     type: 'IDaemonSet',
   },
@@ -96,7 +96,7 @@ function render(target: string): Manifest[] {
 }
 
 function kindKey(doc: Record<string, unknown>): string {
-  return `${String(doc['apiVersion'])}/${String(doc['kind'])}`;
+  return `${String(doc.apiVersion)}/${String(doc.kind)}`;
 }
 
 /**
@@ -115,14 +115,16 @@ function typeCheck(sources: Map<string, string>): Map<string, string[]> {
   };
   const host = ts.createCompilerHost(options);
   const virtual = new Map([...sources].map(([name, text]) => [join(root, 'test', name), text]));
-  const { getSourceFile, fileExists, readFile } = host;
+  const getSourceFile = host.getSourceFile.bind(host);
+  const fileExists = host.fileExists.bind(host);
+  const readFile = host.readFile.bind(host);
   host.getSourceFile = (fileName, languageVersion, onError, shouldCreate) => {
     const text = virtual.get(fileName);
     if (text !== undefined) return ts.createSourceFile(fileName, text, languageVersion, true);
-    return getSourceFile.call(host, fileName, languageVersion, onError, shouldCreate);
+    return getSourceFile(fileName, languageVersion, onError, shouldCreate);
   };
-  host.fileExists = (fileName) => virtual.has(fileName) || fileExists.call(host, fileName);
-  host.readFile = (fileName) => virtual.get(fileName) ?? readFile.call(host, fileName);
+  host.fileExists = (fileName) => virtual.has(fileName) || fileExists(fileName);
+  host.readFile = (fileName) => virtual.get(fileName) ?? readFile(fileName);
   const program = ts.createProgram([...virtual.keys()], options, host);
   const result = new Map<string, string[]>();
   for (const [fileName] of virtual) {
@@ -228,7 +230,7 @@ describe('k8s kustomizations', { skip: SKIP }, () => {
   test('no rendered object has a field the Kubernetes API does not know (strict field validation)', () => {
     const typo = structuredClone(daemonSet(rendered.get('k8s')!));
     const agent = agentContainer(typo) as IContainer & Record<string, unknown>;
-    agent['readinessProbee'] = agent.readinessProbe;
+    agent.readinessProbee = agent.readinessProbe;
     const sources = new Map([...rendered].map(([target, manifests]) => [`${target.replace(/\//g, '-')}.virtual.ts`, literalModule(manifests)]));
     sources.set('k8s-typo.virtual.ts', literalModule([{ doc: typo as unknown as Record<string, unknown> }]));
     const diags = typeCheck(sources);
@@ -260,6 +262,8 @@ describe('k8s kustomizations', { skip: SKIP }, () => {
           const wolf = pod.containers.find((c) => c !== agent && c.env?.some((e) => e.name === 'WOLF_SOCKET_PATH'));
           assert.ok(wolf, 'a Wolf container with WOLF_SOCKET_PATH');
           const socketPath = envValue(wolf, 'WOLF_SOCKET_PATH');
+          // The explicit check narrows socketPath to a string for the lines below; `?.` would not.
+          // eslint-disable-next-line @typescript-eslint/prefer-optional-chain
           assert.ok(socketPath !== undefined && socketPath.startsWith('/'), 'WOLF_SOCKET_PATH is absolute');
           assert.equal(envValue(agent, 'WOLF_LOCAL_ADDR'), `unix://${socketPath}`, 'the agent dials the socket Wolf creates');
           const dir = dirname(socketPath);
@@ -321,7 +325,7 @@ describe('k8s kustomizations', { skip: SKIP }, () => {
         assert.equal(mount.readOnly, true);
         const volume = ds.spec?.template.spec?.volumes?.find((v) => v.name === mount.name);
         assert.ok(volume?.secret?.secretName, `${mount.name} is a Secret volume`);
-        for (const m of manifests()) assert.notEqual(m.doc['kind'], 'Secret', `${target}: no Secret with a token in git`);
+        for (const m of manifests()) assert.notEqual(m.doc.kind, 'Secret', `${target}: no Secret with a token in git`);
       });
 
       test('WOLF_ID comes from the node name', () => {
@@ -346,11 +350,11 @@ describe('k8s kustomizations', { skip: SKIP }, () => {
         const agent = agentContainer(daemonSet(manifests()));
         const sc = agent.securityContext;
         assert.equal(sc?.runAsNonRoot, true);
-        assert.ok((sc?.runAsUser ?? 0) > 0, 'a numeric non-zero runAsUser (runAsNonRoot cannot check a named USER)');
-        assert.equal(sc?.readOnlyRootFilesystem, true);
-        assert.equal(sc?.allowPrivilegeEscalation, false);
-        assert.deepEqual(sc?.capabilities?.drop, ['ALL']);
-        assert.equal(sc?.privileged ?? false, false);
+        assert.ok((sc.runAsUser ?? 0) > 0, 'a numeric non-zero runAsUser (runAsNonRoot cannot check a named USER)');
+        assert.equal(sc.readOnlyRootFilesystem, true);
+        assert.equal(sc.allowPrivilegeEscalation, false);
+        assert.deepEqual(sc.capabilities?.drop, ['ALL']);
+        assert.equal(sc.privileged ?? false, false);
         for (const kind of ['requests', 'limits'] as const) {
           for (const res of ['cpu', 'memory']) {
             assert.ok(agent.resources?.[kind]?.[res] !== undefined, `agent resources.${kind}.${res}`);

@@ -230,6 +230,8 @@ export class EgressProxy {
       throw new RevdialError(ErrorCodes.PROXY_REJECTED, `egress proxy ${where} refused CONNECT to ${authority} (HTTP ${statusCode}): ${hint}`);
     }
     // undici's own socket settings (keep-alive probes, timeouts) stay; the tunnel is ours now.
+    // undici's CONNECT hands back the net.Socket it dialed, typed only as a Duplex.
+    // eslint-disable-next-line @typescript-eslint/no-unsafe-class-instance-assignment
     return socket as Socket;
   }
 
