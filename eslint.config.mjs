@@ -34,6 +34,8 @@ export default defineConfig(
       // An abort reason or a caught error is passed on as it came (both are
       // typed any/unknown); a literal that is not an Error is still flagged.
       '@typescript-eslint/prefer-promise-reject-errors': ['error', { allowThrowingAny: true, allowThrowingUnknown: true }],
+      // `const { secret: _unused, ...rest } = x` is how a field is left out of a copy.
+      '@typescript-eslint/no-unused-vars': ['error', { ignoreRestSiblings: true, varsIgnorePattern: '^_', argsIgnorePattern: '^_' }],
       // Off: tsconfig's noUncheckedIndexedAccess types every index read and
       // regex group as `T | undefined`; where a length check or the match
       // itself guarantees the value, `x!` says so where it is read.

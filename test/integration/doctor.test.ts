@@ -206,7 +206,7 @@ test('egress proxy refusing CONNECT: ✗ on TCP naming the proxy', { skip: TINYP
   const port = await freePort();
   const conf = join(dir, `tinyproxy-${port}.conf`);
   writeFileSync(conf, [`Port ${port}`, 'Listen 127.0.0.1', 'Timeout 30', 'Allow 127.0.0.1', 'ConnectPort 443', ''].join('\n'));
-  const proxy = spawn(TINYPROXY as string, ['-d', '-c', conf], { stdio: 'ignore' });
+  const proxy = spawn(TINYPROXY!, ['-d', '-c', conf], { stdio: 'ignore' });
   t.after(async () => {
     if (proxy.exitCode === null && proxy.signalCode === null) {
       proxy.kill('SIGTERM');
