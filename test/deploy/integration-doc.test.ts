@@ -51,7 +51,7 @@ function helpFlags(text: string): Set<string> {
 }
 
 function agentHelp(): Help {
-  const doctor = spawnSync(nodeBin, [entry, 'doctor', '--help'], { encoding: 'utf8', env: { PATH: process.env['PATH'] ?? '' }, timeout: 20_000 });
+  const doctor = spawnSync(nodeBin, [entry, 'doctor', '--help'], { encoding: 'utf8', env: { PATH: process.env.PATH ?? '' }, timeout: 20_000 });
   assert.equal(doctor.status, 0, `${entry} doctor --help exited ${doctor.status}: ${doctor.stderr}`);
   const run = spawnSync(nodeBin, [entry, '--help'], {
     encoding: 'utf8',
