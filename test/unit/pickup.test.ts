@@ -1,22 +1,22 @@
 /**
- * The pick-up on its own: a data WebSocket that has connected waits, paused,
+ * The pick-up on its own: a data connection that has connected waits, paused,
  * for the local leg. Whatever the plane sent meanwhile must not crash the
  * process when the pick-up fails and the WebSocket is dropped.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import http from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import net, { type AddressInfo, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { test } from 'node:test';
 import { ErrorCodes, RevdialError } from '../../src/agent/errors.js';
 import { PickupError, pickUp } from '../../src/agent/tunnel/pickup.js';
-import { dialWebSocket } from '../../src/agent/net/ws-dial.js';
+import { openDataConnection } from '../../src/agent/tunnel/data-connection.js';
 
 test('garbage from the plane on a connected data leg, then the local leg fails: a clean pickup error, no crash', async (t) => {
   // A plane that answers the upgrade and, in the same write, sends a frame with
-  // the reserved opcode 0xF: ws keeps those bytes buffered while the socket is
-  // paused and parses them when the socket closes.
+  // the reserved opcode 0xF: the data connection holds those bytes, unparsed,
+  // until the bridge starts it, which never happens here.
   let garbageSent!: () => void;
   const sent = new Promise<void>((resolve) => {
     garbageSent = resolve;
@@ -52,20 +52,16 @@ test('garbage from the plane on a connected data leg, then the local leg fails: 
   const pickup = pickUp(
     {
       dialData: async (signal) => {
-        const ws = await dialWebSocket(url, {
-          transport: { token: () => 'secret', userAgent: 'test', rejectUnauthorized: true },
-          handshakeTimeoutMs: 5_000,
-          maxPayload: 1024,
-          signal,
-          pauseOnOpen: true,
-        });
-        dataSocket = (ws as unknown as { _socket: Socket })._socket;
-        return ws;
+        const socket = net.connect({ host: '127.0.0.1', port: Number(url.port) });
+        await new Promise((r) => socket.once('connect', r));
+        const data = await openDataConnection(socket, url, { token: 'secret', userAgent: 'test', handshakeTimeoutMs: 5_000, signal });
+        dataSocket = socket;
+        return data;
       },
       dialLocal: async () => {
         await sent;
-        // Fail only once the garbage sits in the paused WebSocket's read buffer.
-        while (!dataSocket || dataSocket.readableLength === 0) await new Promise((r) => setImmediate(r));
+        // Fail only once the data leg is open: the garbage came with its 101.
+        while (!dataSocket) await new Promise((r) => setImmediate(r));
         throw new RevdialError(ErrorCodes.LOCAL_DIAL_FAILED, 'local Wolf API unreachable (test)');
       },
     },
@@ -73,7 +69,7 @@ test('garbage from the plane on a connected data leg, then the local leg fails: 
     new AbortController().signal,
   );
   await assert.rejects(pickup, (err: unknown) => err instanceof PickupError && err.leg === 'local' && err.code === ErrorCodes.LOCAL_DIAL_FAILED);
-  // The dropped WebSocket parses the garbage as its socket closes.
+  // The dropped data connection's socket closes; nothing may throw meanwhile.
   if (dataSocket && !dataSocket.closed) await new Promise((r) => dataSocket?.once('close', r));
   await new Promise((r) => setImmediate(r));
   assert.equal(uncaught, undefined);

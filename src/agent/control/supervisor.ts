@@ -17,7 +17,8 @@ import { ErrorCodes, RevdialError, codeOf, describe } from '../errors.js';
 import { DEFAULT_MAX_LINE_BYTES } from './framing.js';
 import { type LocalTarget, describeTarget, dialLocal } from '../net/local-dialer.js';
 import { PickupError, type PickupTiming, type TunnelOptions, type TunnelOutcome, pickUp, pickupReason, startBridge } from '../tunnel/pickup.js';
-import { type ControlPlaneTransport, dialWebSocket } from '../net/ws-dial.js';
+import { type ControlPlaneTransport, connectorOf, dialWebSocket } from '../net/ws-dial.js';
+import { dialDataConnection } from '../tunnel/data-connection.js';
 
 /** Every value `tunnelEnded` reports: a small fixed set, fit for a metric label. */
 export type TunnelResult =
@@ -64,7 +65,6 @@ interface TunnelHandle {
   bridge?: Bridge;
 }
 
-const DATA_MAX_PAYLOAD = 16 * 1024 * 1024;
 const CONTROL_MAX_PAYLOAD = 1024 * 1024;
 
 export class Agent {
@@ -336,13 +336,13 @@ export class Agent {
       const pair = await pickUp(
         {
           dialData: (signal) =>
-            dialWebSocket(url, {
-              transport: this.#o.transport,
+            dialDataConnection(connectorOf(this.#o.transport), url, signal, {
+              token: this.#o.transport.token,
+              userAgent: this.#o.transport.userAgent,
               handshakeTimeoutMs: this.#o.pickupTimeoutMs,
-              maxPayload: DATA_MAX_PAYLOAD,
               clock: this.#clock,
-              signal,
-              pauseOnOpen: true,
+              pingIntervalMs: this.#o.pingIntervalMs,
+              pingTimeoutMs: this.#o.pingTimeoutMs,
             }),
           dialLocal: (signal) =>
             dialLocal(this.#o.local, {
@@ -357,13 +357,13 @@ export class Agent {
       );
       observer.tunnelSetUp?.(pair.timing);
       log.debug({ setupMs: pair.timing.setupMs }, 'tunnel open');
-      const { bridge, outcome } = startBridge(pair.ws, pair.local, options);
+      const { bridge, outcome } = startBridge(pair.data, pair.local, options);
       handle.bridge = bridge;
       const end = await outcome;
       result = end.result;
       const fields = { result, endedBy: end.endedBy, bytesToLocal: end.bytesToLocal, bytesFromLocal: end.bytesFromLocal };
       // A tunnel that broke (not one that ended) is worth an operator's attention.
-      if (end.error) log[result === 'error' ? 'warn' : 'debug']({ ...fields, code: end.error.code }, `tunnel closed: ${end.error.message}`);
+      if (end.error) log[result === 'error' || result === 'ping_timeout' ? 'warn' : 'debug']({ ...fields, code: end.error.code }, `tunnel closed: ${end.error.message}`);
       else log.debug(fields, 'tunnel closed');
     } catch (err) {
       result = pickupResult(err);

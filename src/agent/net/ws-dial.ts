@@ -29,7 +29,8 @@ export interface ControlPlaneTransport {
 
 const defaultConnectors = new WeakMap<ControlPlaneTransport, ControlPlaneConnector>();
 
-function connectorOf(transport: ControlPlaneTransport): ControlPlaneConnector {
+/** The transport's connector, or a direct one made once for it. */
+export function connectorOf(transport: ControlPlaneTransport): ControlPlaneConnector {
   if (transport.connector) return transport.connector;
   let connector = defaultConnectors.get(transport);
   if (!connector) {
@@ -56,7 +57,8 @@ export interface DialOptions {
   fresh?: boolean;
 }
 
-const BODY_PREVIEW_BYTES = 256;
+/** How much of a refusal's body goes into the error (and the log). */
+export const BODY_PREVIEW_BYTES = 256;
 
 const MASK_POOL_BYTES = 8192;
 const maskPool = Buffer.allocUnsafe(MASK_POOL_BYTES);
@@ -196,7 +198,7 @@ function ignoreError(): void {
   /* the new owner's own 'error' listener reports them */
 }
 
-function rejection(where: string, url: URL, status: number, body: string): HandshakeRejectedError {
+export function rejection(where: string, url: URL, status: number, body: string): HandshakeRejectedError {
   const said = body ? `: ${JSON.stringify(body)}` : '';
   if (status === 401 || status === 403) {
     return new HandshakeRejectedError(
@@ -214,6 +216,11 @@ function rejection(where: string, url: URL, status: number, body: string): Hands
   );
 }
 
+/** The first bytes of a refusal's body as one line of text. */
+export function previewText(body: Buffer): string {
+  return body.subarray(0, BODY_PREVIEW_BYTES).toString('utf8').replace(/\s+/g, ' ').trim();
+}
+
 /** Reads at most a short preview of an error body, never waiting long for it. */
 function readPreview(res: IncomingMessage, clock: Clock, done: (body: string) => void): void {
   const chunks: Buffer[] = [];
@@ -226,8 +233,7 @@ function readPreview(res: IncomingMessage, clock: Clock, done: (body: string) =>
     res.removeListener('data', onData);
     res.removeListener('end', finish);
     res.removeListener('error', finish);
-    const text = Buffer.concat(chunks).subarray(0, BODY_PREVIEW_BYTES).toString('utf8');
-    done(text.replace(/\s+/g, ' ').trim());
+    done(previewText(Buffer.concat(chunks)));
   };
   const onData = (chunk: Buffer): void => {
     chunks.push(chunk);

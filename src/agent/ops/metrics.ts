@@ -35,6 +35,8 @@ const TUNNEL_RESULTS: Record<TunnelResult, 'tunnel' | 'refusal'> = {
   local_dial_failed: 'tunnel',
   data_dial_failed: 'tunnel',
   pickup_timeout: 'tunnel',
+  // The data connection went silent (no frame, no pong within --ping-timeout) and was closed.
+  ping_timeout: 'tunnel',
   // Refused before a tunnel started: no tunnelStarted() came first.
   refused_limit: 'refusal',
   refused_shutdown: 'refusal',

@@ -4,14 +4,14 @@
  * the two until either side ends.
  */
 import type { Socket } from 'node:net';
-import type WebSocket from 'ws';
 import { Bridge, type BridgeResult, type Direction } from './bridge.js';
+import type { DataConnection } from './data-connection.js';
 import { type Clock, systemClock } from '../clock.js';
 import { ErrorCodes, RevdialError, codeOf } from '../errors.js';
 
 export interface PickupDialers {
-  /** Dials the data WebSocket back to the control plane. */
-  dialData(signal: AbortSignal): Promise<WebSocket>;
+  /** Dials the data connection back to the control plane (handed over paused). */
+  dialData(signal: AbortSignal): Promise<DataConnection>;
   /** Dials the local Wolf API. */
   dialLocal(signal: AbortSignal): Promise<Socket>;
 }
@@ -50,7 +50,7 @@ export async function pickUp(
   dialers: PickupDialers,
   options: TunnelOptions,
   signal: AbortSignal,
-): Promise<{ ws: WebSocket; local: Socket; timing: PickupTiming }> {
+): Promise<{ data: DataConnection; local: Socket; timing: PickupTiming }> {
   const clock = options.clock ?? systemClock;
   const started = clock.now();
   const cancel = new AbortController();
@@ -67,7 +67,10 @@ export async function pickUp(
     () =>
       fail(
         'timeout',
-        new RevdialError(ErrorCodes.PICKUP_TIMEOUT, `pick-up did not complete within ${options.pickupTimeoutMs} ms (data connection and local dial)`),
+        new RevdialError(
+          ErrorCodes.PICKUP_TIMEOUT,
+          `pick-up did not complete within ${options.pickupTimeoutMs} ms (data connection and local dial)`,
+        ),
       ),
     options.pickupTimeoutMs,
   );
@@ -93,7 +96,7 @@ export async function pickUp(
   if (local.status === 'fulfilled' && data.status === 'fulfilled' && firstLeg === undefined) {
     const timing: PickupTiming = { setupMs: clock.now() - started };
     if (localDialMs !== undefined) timing.localDialMs = localDialMs;
-    return { ws: data.value, local: local.value, timing };
+    return { data: data.value, local: local.value, timing };
   }
   if (local.status === 'fulfilled') local.value.destroy();
   if (data.status === 'fulfilled') data.value.terminate();
@@ -101,21 +104,29 @@ export async function pickUp(
 }
 
 export interface TunnelOutcome extends BridgeResult {
-  /** A fixed, small set of values, fit for a metric label. */
-  result: 'ok' | 'closed_without_traffic' | 'error' | 'aborted';
+  /**
+   * A fixed, small set of values, fit for a metric label. `ping_timeout`:
+   * the data connection went silent (no frame, no pong) and was closed.
+   */
+  result: 'ok' | 'closed_without_traffic' | 'error' | 'aborted' | 'ping_timeout';
 }
 
 /** Bridges a picked-up pair until it ends; `abort` cuts it (shutdown). */
-export function startBridge(ws: WebSocket, local: Socket, options: TunnelOptions): { bridge: Bridge; outcome: Promise<TunnelOutcome> } {
+export function startBridge(
+  data: DataConnection,
+  local: Socket,
+  options: TunnelOptions,
+): { bridge: Bridge; outcome: Promise<TunnelOutcome> } {
   const bridgeOptions = {
     closeBackstopMs: options.closeBackstopMs,
     ...(options.clock ? { clock: options.clock } : {}),
     ...(options.onBytes ? { onBytes: options.onBytes } : {}),
   };
-  const bridge = new Bridge(ws, local, bridgeOptions);
+  const bridge = new Bridge(data, local, bridgeOptions);
   const outcome = bridge.done.then((r): TunnelOutcome => {
     let result: TunnelOutcome['result'];
     if (r.endedBy === 'aborted') result = 'aborted';
+    else if (r.error?.code === ErrorCodes.DATA_PING_TIMEOUT) result = 'ping_timeout';
     else if (r.endedBy === 'error') result = 'error';
     else if (r.bytesFromLocal + r.bytesToLocal === 0) result = 'closed_without_traffic';
     else result = 'ok';
