@@ -23,7 +23,10 @@ import { ManualClock } from '../helpers/harness.js';
 
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const TOKEN = 'tok-3f9a1c';
-const acceptOf = (key: string): string => createHash('sha1').update(key + GUID).digest('base64');
+const acceptOf = (key: string): string =>
+  createHash('sha1')
+    .update(key + GUID)
+    .digest('base64');
 
 interface Upgrade {
   socket: net.Socket;
@@ -74,7 +77,11 @@ function switching(key: string, extra = ''): string {
 }
 
 /** A server frame; `mask`, `rsv` and `length` let tests break the rules. */
-function frame(opcode: number, payload: Buffer = Buffer.alloc(0), o: { fin?: boolean; rsv?: number; mask?: boolean; length64?: [number, number] } = {}): Buffer {
+function frame(
+  opcode: number,
+  payload: Buffer = Buffer.alloc(0),
+  o: { fin?: boolean; rsv?: number; mask?: boolean; length64?: [number, number] } = {},
+): Buffer {
   const fin = o.fin ?? true;
   const len = payload.length;
   const head: number[] = [(fin ? 0x80 : 0) | ((o.rsv ?? 0) << 4) | opcode];
@@ -168,7 +175,8 @@ class ClientFrames {
     for (;;) {
       const got = pred();
       if (got !== undefined && got !== false) return got;
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; frames: ${JSON.stringify(this.frames.map((f) => [f.opcode, f.payload.length]))}`);
+      if (Date.now() > deadline)
+        throw new Error(`timed out waiting for ${what}; frames: ${JSON.stringify(this.frames.map((f) => [f.opcode, f.payload.length]))}`);
       await new Promise<void>((r) => {
         this.#waiters.push(r);
         setTimeout(r, 50);
@@ -271,8 +279,16 @@ test('the upgrade request: GET with key, version 13, bearer token, user agent, n
 const badAnswers: [string, (key: string) => string, string][] = [
   ['a wrong Sec-WebSocket-Accept', () => switching(randomBytes(16).toString('base64')), ErrorCodes.HANDSHAKE_INVALID],
   ['no Sec-WebSocket-Accept', () => 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n', ErrorCodes.HANDSHAKE_INVALID],
-  ['no Upgrade header', (key) => `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptOf(key)}\r\n\r\n`, ErrorCodes.HANDSHAKE_INVALID],
-  ['no Connection: Upgrade', (key) => `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: keep-alive\r\nSec-WebSocket-Accept: ${acceptOf(key)}\r\n\r\n`, ErrorCodes.HANDSHAKE_INVALID],
+  [
+    'no Upgrade header',
+    (key) => `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptOf(key)}\r\n\r\n`,
+    ErrorCodes.HANDSHAKE_INVALID,
+  ],
+  [
+    'no Connection: Upgrade',
+    (key) => `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: keep-alive\r\nSec-WebSocket-Accept: ${acceptOf(key)}\r\n\r\n`,
+    ErrorCodes.HANDSHAKE_INVALID,
+  ],
   ['an imposed extension', (key) => switching(key, 'Sec-WebSocket-Extensions: permessage-deflate\r\n'), ErrorCodes.HANDSHAKE_INVALID],
   ['an imposed subprotocol', (key) => switching(key, 'Sec-WebSocket-Protocol: chat\r\n'), ErrorCodes.HANDSHAKE_INVALID],
   ['not HTTP at all', () => 'SSH-2.0-OpenSSH_9.6\r\n\r\n', ErrorCodes.HANDSHAKE_INVALID],
@@ -427,7 +443,9 @@ test('a token with a control character never reaches the wire', async (t) => {
 
 test('bytes right behind the 101, in the same write, are delivered once started, in order', async (t) => {
   const request = Buffer.from('GET /api/v1/system/health HTTP/1.1\r\nHost: wolf\r\n\r\n');
-  const { url } = await rawPlane(t, (u) => u.socket.write(Buffer.concat([Buffer.from(switching(u.key)), frame(2, request.subarray(0, 10)), frame(2, request.subarray(10))])));
+  const { url } = await rawPlane(t, (u) =>
+    u.socket.write(Buffer.concat([Buffer.from(switching(u.key)), frame(2, request.subarray(0, 10)), frame(2, request.subarray(10))])),
+  );
   const dc = await dial(url);
   // Nothing is lost while the connection waits for its owner.
   await new Promise((r) => setTimeout(r, 50));
@@ -492,7 +510,10 @@ test('ping is answered with a pong echoing its payload; control frames between f
   const want = Buffer.concat([...parts, Buffer.from('next message')]);
   await up.frames.until(() => up.frames.frames.filter((f) => f.opcode === 10).length >= 2 || undefined, 'two pongs');
   const pongs = up.frames.frames.filter((f) => f.opcode === 10);
-  assert.deepEqual(pongs.map((f) => f.payload.toString()), ['ping-1', 'ping-2']);
+  assert.deepEqual(
+    pongs.map((f) => f.payload.toString()),
+    ['ping-1', 'ping-2'],
+  );
   assert.ok(pongs.every((f) => f.masked));
   const deadline = Date.now() + 5000;
   while (rec.bytes.length < want.length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
@@ -572,7 +593,12 @@ const malformed: [string, () => Buffer, number, string][] = [
   ['a ping of 126 bytes', () => frame(9, Buffer.alloc(126)), 1002, ErrorCodes.PROTOCOL_FRAME_INVALID],
   ['a fragmented ping', () => frame(9, Buffer.from('p'), { fin: false }), 1002, ErrorCodes.PROTOCOL_FRAME_INVALID],
   ['a continuation outside a message', () => frame(0, Buffer.from('x')), 1002, ErrorCodes.PROTOCOL_FRAME_INVALID],
-  ['a new message inside a fragmented one', () => Buffer.concat([frame(2, Buffer.from('a'), { fin: false }), frame(2, Buffer.from('b'))]), 1002, ErrorCodes.PROTOCOL_FRAME_INVALID],
+  [
+    'a new message inside a fragmented one',
+    () => Buffer.concat([frame(2, Buffer.from('a'), { fin: false }), frame(2, Buffer.from('b'))]),
+    1002,
+    ErrorCodes.PROTOCOL_FRAME_INVALID,
+  ],
   ['a 64-bit length with the top bit set', () => frame(2, Buffer.alloc(0), { length64: [0x80000000, 0] }), 1002, ErrorCodes.PROTOCOL_FRAME_INVALID],
   ['a length beyond 2^53', () => frame(2, Buffer.alloc(0), { length64: [0x00200000, 0] }), 1009, ErrorCodes.FRAME_TOO_LARGE],
   ['a close frame with a one-byte payload', () => frame(8, Buffer.from([3])), 1002, ErrorCodes.PROTOCOL_FRAME_INVALID],
@@ -656,7 +682,7 @@ test('backpressure: an owner that stops reading holds the plane back; memory sta
   for (let i = 0; i < offered; i++) up.socket.write(frame(2, block), (err) => !err && (accepted += MiB));
   // Wait until the plane's writes stop completing.
   let last = -1;
-  for (let quiet = 0; quiet < 5; ) {
+  for (let quiet = 0; quiet < 5;) {
     await new Promise((r) => setTimeout(r, 100));
     if (accepted === last) quiet++;
     else {
@@ -734,7 +760,14 @@ test('liveness: a quiet connection whose plane answers pings is never cut', asyn
   const clock = new ManualClock();
   const socket = net.connect({ host: url.hostname, port: Number(url.port) });
   await once(socket, 'connect');
-  const dc = await openDataConnection(socket, url, { token: TOKEN, userAgent: 'ua', handshakeTimeoutMs: 5000, clock, pingIntervalMs: 1000, pingTimeoutMs: 3000 });
+  const dc = await openDataConnection(socket, url, {
+    token: TOKEN,
+    userAgent: 'ua',
+    handshakeTimeoutMs: 5000,
+    clock,
+    pingIntervalMs: 1000,
+    pingTimeoutMs: 3000,
+  });
   const rec = new Recorder();
   dc.start(rec);
   let answered = 0;
@@ -796,10 +829,11 @@ test('property: any split of a valid frame stream delivers the same bytes and po
         fragments.forEach((f, i) => {
           frames.push(frame(i === 0 ? 2 : 0, Buffer.from(f), { fin: i === fragments.length - 1 }));
           want.push(Buffer.from(f));
-          if (i === 0) for (const p of ping) {
-            frames.push(frame(9, Buffer.from(p)));
-            pings.push(Buffer.from(p));
-          }
+          if (i === 0)
+            for (const p of ping) {
+              frames.push(frame(9, Buffer.from(p)));
+              pings.push(Buffer.from(p));
+            }
         });
       }
       const wire = Buffer.concat(frames);

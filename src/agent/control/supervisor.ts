@@ -363,7 +363,8 @@ export class Agent {
       result = end.result;
       const fields = { result, endedBy: end.endedBy, bytesToLocal: end.bytesToLocal, bytesFromLocal: end.bytesFromLocal };
       // A tunnel that broke (not one that ended) is worth an operator's attention.
-      if (end.error) log[result === 'error' || result === 'ping_timeout' ? 'warn' : 'debug']({ ...fields, code: end.error.code }, `tunnel closed: ${end.error.message}`);
+      if (end.error)
+        log[result === 'error' || result === 'ping_timeout' ? 'warn' : 'debug']({ ...fields, code: end.error.code }, `tunnel closed: ${end.error.message}`);
       else log.debug(fields, 'tunnel closed');
     } catch (err) {
       result = pickupResult(err);

@@ -266,7 +266,9 @@ class Upgrade {
     if (!(headers.get('connection') ?? '').split(',').some((t) => t.trim().toLowerCase() === 'upgrade')) {
       return 'a 101 without "Connection: Upgrade"';
     }
-    const accept = createHash('sha1').update(this.#key + GUID).digest('base64');
+    const accept = createHash('sha1')
+      .update(this.#key + GUID)
+      .digest('base64');
     if (headers.get('sec-websocket-accept') !== accept) return 'a 101 with a wrong Sec-WebSocket-Accept';
     // We offered none: a server that imposes one would frame in a way we do not read.
     if (headers.has('sec-websocket-extensions')) return `a 101 imposing the extension "${describe(headers.get('sec-websocket-extensions') ?? '', 60)}"`;
@@ -331,11 +333,7 @@ class Upgrade {
   /** Before any byte of the answer: the socket was dead when we took it. */
   #closedEarly(what: string, cause?: Error): RevdialError {
     if (this.#received === 0) return this.#stale(what, cause);
-    return new RevdialError(
-      ErrorCodes.CONNECT_FAILED,
-      `control plane at ${safeOrigin(this.#url)} ${what} in the middle of the WebSocket handshake`,
-      { cause },
-    );
+    return new RevdialError(ErrorCodes.CONNECT_FAILED, `control plane at ${safeOrigin(this.#url)} ${what} in the middle of the WebSocket handshake`, { cause });
   }
 
   #stale(what: string, cause?: Error): RevdialError {
@@ -818,12 +816,7 @@ export interface DialDataOptions extends Omit<DataConnectionOptions, 'token' | '
  * fresh one: the peer or a middlebox dropped it while it waited, and the
  * request the control plane holds must not fail for that.
  */
-export async function dialDataConnection(
-  source: DataSocketSource,
-  url: URL,
-  signal: AbortSignal,
-  options: DialDataOptions,
-): Promise<DataConnection> {
+export async function dialDataConnection(source: DataSocketSource, url: URL, signal: AbortSignal, options: DialDataOptions): Promise<DataConnection> {
   const first = await source.connect(url, signal);
   try {
     return await openDataConnection(first.socket, url, { ...options, token: options.token(), signal });

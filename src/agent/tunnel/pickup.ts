@@ -67,10 +67,7 @@ export async function pickUp(
     () =>
       fail(
         'timeout',
-        new RevdialError(
-          ErrorCodes.PICKUP_TIMEOUT,
-          `pick-up did not complete within ${options.pickupTimeoutMs} ms (data connection and local dial)`,
-        ),
+        new RevdialError(ErrorCodes.PICKUP_TIMEOUT, `pick-up did not complete within ${options.pickupTimeoutMs} ms (data connection and local dial)`),
       ),
     options.pickupTimeoutMs,
   );
@@ -112,11 +109,7 @@ export interface TunnelOutcome extends BridgeResult {
 }
 
 /** Bridges a picked-up pair until it ends; `abort` cuts it (shutdown). */
-export function startBridge(
-  data: DataConnection,
-  local: Socket,
-  options: TunnelOptions,
-): { bridge: Bridge; outcome: Promise<TunnelOutcome> } {
+export function startBridge(data: DataConnection, local: Socket, options: TunnelOptions): { bridge: Bridge; outcome: Promise<TunnelOutcome> } {
   const bridgeOptions = {
     closeBackstopMs: options.closeBackstopMs,
     ...(options.clock ? { clock: options.clock } : {}),
