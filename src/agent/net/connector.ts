@@ -14,6 +14,12 @@ import { safeOrigin } from './endpoints.js';
 import type { EgressProxy } from './proxy.js';
 import type { TlsSettings } from './tls-context.js';
 
+/**
+ * TCP keep-alive probes start after this long idle on every socket the agent
+ * holds (control plane and local Wolf); the kernel's default is 2 hours.
+ */
+export const TCP_KEEPALIVE_DELAY_MS = 30_000;
+
 export interface ConnectResult {
   socket: Socket;
   /** It came from the preconnect pool: it may turn out dead at use (see `isStaleWarmSocket`). */
@@ -83,6 +89,9 @@ export class DirectConnector implements ControlPlaneConnector {
         ? await this.#tlsConnect(url, target.host, target.port, tunnel, signal)
         : await plainConnect(url, target.host, target.port, tunnel, signal);
       socket.setNoDelay(true);
+      // A peer that vanished without FIN or RST (a rebooted NAT, a dead host) is
+      // found by the kernel, not left to the 2-hour default.
+      socket.setKeepAlive(true, TCP_KEEPALIVE_DELAY_MS);
       return { socket, warm: false };
     } catch (err) {
       tunnel?.destroy();

@@ -5,6 +5,7 @@
 import net from 'node:net';
 import { type Clock, systemClock } from '../clock.js';
 import { ErrorCodes, RevdialError } from '../errors.js';
+import { TCP_KEEPALIVE_DELAY_MS } from './connector.js';
 
 export type LocalTarget = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
 
@@ -92,7 +93,14 @@ export function dialLocal(target: LocalTarget, options: LocalDialOptions): Promi
     const socket =
       target.kind === 'unix'
         ? net.connect({ path: target.path, ...(onread ? { onread } : {}) })
-        : net.connect({ host: target.host, port: target.port, noDelay: true, ...(onread ? { onread } : {}) });
+        : net.connect({
+            host: target.host,
+            port: target.port,
+            noDelay: true,
+            keepAlive: true,
+            keepAliveInitialDelay: TCP_KEEPALIVE_DELAY_MS,
+            ...(onread ? { onread } : {}),
+          });
     if (shared) socket.pause();
 
     const settle = (err: unknown): void => {

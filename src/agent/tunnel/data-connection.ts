@@ -59,8 +59,6 @@ const BODY_PREVIEW_WAIT_MS = 1000;
 const MAX_SAFE_LENGTH_HIGH_WORD = 0x1fffff;
 /** The send side pauses Wolf while this much waits in the socket. */
 const DEFAULT_HIGH_WATER_MARK = 1024 * 1024;
-/** TCP keep-alive probes start after this long idle (the kernel's default is 2 hours). */
-export const TCP_KEEPALIVE_DELAY_MS = 30_000;
 
 const OP_CONTINUATION = 0x0;
 const OP_TEXT = 0x1;
@@ -176,7 +174,6 @@ class Upgrade {
       return;
     }
     socket.setNoDelay(true);
-    socket.setKeepAlive(true, TCP_KEEPALIVE_DELAY_MS);
     socket.on('data', this.#onData);
     socket.on('end', this.#onEnd);
     socket.on('error', this.#onError);
