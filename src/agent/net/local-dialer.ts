@@ -64,7 +64,7 @@ export interface LocalDialOptions {
    * fresh 64 KiB allocation per read: the bulk download path then allocates
    * once per chunk instead of twice. Each 'data' chunk is a view into the
    * buffer, valid only until the listener returns (the bridge hands it to
-   * ws.send, which copies it into the masked frame before returning). The
+   * DataConnection.send, which masks it into a new frame before returning). The
    * socket is handed over paused, so nothing is read before a listener is
    * attached: call `resume()` once listening.
    */

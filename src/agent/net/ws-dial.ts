@@ -68,8 +68,10 @@ let maskOffset = MASK_POOL_BYTES;
  * ws's own masking keys, drawn from a pool of random bytes the same way,
  * except that an all-zero key is drawn again: ws sends a frame with a zero
  * key unmasked by reference instead of copying it into the frame (sender.js
- * `frame()`), and the bridge relies on that copy (local-dialer
- * `sharedReadBuffer`). One key in 2^32 is skipped: the keys stay unpredictable.
+ * `frame()`). Only the control connection runs on ws now and it sends fresh
+ * buffers, so nothing relies on that copy today; the rule stays so that no
+ * caller can be surprised by it. One key in 2^32 is skipped: the keys stay
+ * unpredictable. (test/unit/ws-behaviour.test.ts holds what the agent relies on in ws.)
  */
 function generateMask(mask: Buffer): void {
   do {
