@@ -215,13 +215,13 @@ export function buildProgram(): Command {
     )
     .addOption(new Option('--reconnect <seconds>', 'longest wait between reconnect attempts').env('REVDIAL_RECONNECT_MAX').default(5).argParser(seconds(0.001)))
     .addOption(
-      new Option('--ping-interval <seconds>', 'WebSocket ping interval on the control connection')
+      new Option('--ping-interval <seconds>', 'WebSocket ping after this long without a frame, on the control and every data connection')
         .env('REVDIAL_PING_INTERVAL')
         .default(15)
         .argParser(seconds(0.001)),
     )
     .addOption(
-      new Option('--ping-timeout <seconds>', 'no frame or pong for this long: the control connection is dead')
+      new Option('--ping-timeout <seconds>', 'no frame or pong for this long: the connection is dead (control: reconnect; data: the tunnel is closed)')
         .env('REVDIAL_PING_TIMEOUT')
         .default(45)
         .argParser(seconds(0.001)),
