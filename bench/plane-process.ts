@@ -14,8 +14,13 @@
  *
  * Environment: BENCH_TOKEN (the runner token), BENCH_RUNNER_ID, BENCH_WOLF (host:port),
  * BENCH_WOLF_SOCKET (optional: the stand-in's unix socket, which the no-tunnel
- * paths then use, as the agent does).
+ * paths then use, as the agent does). For the WAN mode (bench/wan/): BENCH_PLANE_HOST
+ * (the control plane's listen address, default 127.0.0.1), BENCH_TLS_KEY and
+ * BENCH_TLS_CERT (PEM files: serve https/wss). A request to the tunnel front with an
+ * `x-bench-runner` header goes to that runner id instead of BENCH_RUNNER_ID (several
+ * agents side by side); the `bulk` command takes a `runnerId` the same way.
  */
+import { readFileSync } from 'node:fs';
 import http, { type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
@@ -33,8 +38,10 @@ const wolfSocket = process.env.BENCH_WOLF_SOCKET;
 /** Where the no-tunnel paths reach the stand-in Wolf: the same transport the agent is given. */
 const wolfTarget: http.RequestOptions = wolfSocket ? { socketPath: wolfSocket } : { host: wolfHost, port: wolfPort };
 
-const plane = ControlPlane.withToken(token);
-await plane.listen(0, '127.0.0.1');
+const tlsKey = process.env.BENCH_TLS_KEY;
+const tlsCert = process.env.BENCH_TLS_CERT;
+const plane = ControlPlane.withToken(token, tlsKey && tlsCert ? { tls: { key: readFileSync(tlsKey), cert: readFileSync(tlsCert) } } : {});
+await plane.listen(0, process.env.BENCH_PLANE_HOST ?? '127.0.0.1');
 
 /** Hop-by-hop headers are the proxy's own business. */
 const HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'trailer']);
@@ -78,7 +85,7 @@ async function bodyOf(req: IncomingMessage): Promise<Buffer | undefined> {
 const tunnelFront = http.createServer((req, res) => {
   bodyOf(req)
     .then((body) =>
-      plane.request(runnerId, {
+      plane.request(typeof req.headers['x-bench-runner'] === 'string' ? req.headers['x-bench-runner'] : runnerId, {
         method: req.method ?? 'GET',
         path: req.url ?? '/',
         headers: forwardHeaders(req.headers),
@@ -140,8 +147,8 @@ function responseOf(req: http.ClientRequest): Promise<IncomingMessage> {
 }
 
 /** One GET: straight to the stand-in Wolf, or through a fresh tunnel. */
-async function get(path: string, direct: boolean): Promise<IncomingMessage> {
-  if (!direct) return plane.request(runnerId, { path });
+async function get(path: string, direct: boolean, runner = runnerId): Promise<IncomingMessage> {
+  if (!direct) return plane.request(runner, { path });
   const req = directRequest('GET', path);
   req.end();
   return responseOf(req);
@@ -170,12 +177,13 @@ async function bulk(args: Record<string, unknown>): Promise<BulkResult> {
   const size = Number(args.size);
   const seed = String(args.seed);
   const direct = args.via === 'direct';
+  const runner = typeof args.runnerId === 'string' ? args.runnerId : runnerId;
   const expected = digestFor(size, seed); // before the clock starts
   const started = process.hrtime.bigint();
   let got: { bytes: number; sha256: string };
   if (args.direction === 'down') {
     const path = `/bytes?size=${size}&seed=${encodeURIComponent(seed)}`;
-    const res = await get(path, direct);
+    const res = await get(path, direct, runner);
     if (res.statusCode !== 200) throw new Error(`download: HTTP ${res.statusCode}`);
     got = await digestOf(res);
   } else {
@@ -187,7 +195,7 @@ async function bulk(args: Record<string, unknown>): Promise<BulkResult> {
       await pipeline(patternStream(size, seed), req);
       res = await answered;
     } else {
-      res = await plane.request(runnerId, { method: 'POST', path: '/upload', headers, body: patternStream(size, seed) });
+      res = await plane.request(runner, { method: 'POST', path: '/upload', headers, body: patternStream(size, seed) });
     }
     const chunks: Buffer[] = [];
     for await (const c of res) chunks.push(c as Buffer);

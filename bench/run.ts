@@ -14,6 +14,7 @@
  *   npm run bench -- --node-args '--trace-gc' --agent-log /tmp/agent.log
  *                                  experiments: runs build/wolf-revdial-client.cjs (what bin/ runs) with these Node flags, keeps its output
  *   npm run bench -- --runs 5 --duration 8 --bulk-mib 1024 --idle 1000
+ *   npm run bench -- --wan         across a real round trip, TLS on, in network namespaces (bench/wan/run.ts)
  */
 import { type ChildProcess, execFileSync, fork, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -657,6 +658,12 @@ async function main(): Promise<void> {
 
 function cleanup(): void {
   for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+}
+
+if (process.argv.includes('--wan')) {
+  // The WAN mode (network namespaces, TLS, a real round trip) lives in bench/wan/.
+  const { runWan } = await import('./wan/run.js');
+  process.exit(await runWan(process.argv.slice(2)));
 }
 
 main().then(

@@ -13,7 +13,8 @@ const wolf = new StandInWolf();
 // limits would end them early.
 wolf.server.requestTimeout = 0;
 wolf.server.headersTimeout = 60_000;
-const local = await wolf.listen(0, '127.0.0.1');
+// BENCH_WOLF_HOST: the WAN mode (bench/wan/) reaches it across the link for its no-tunnel figures.
+const local = await wolf.listen(0, process.env.BENCH_WOLF_HOST ?? '127.0.0.1');
 // A listener listens once: the socket gets a second server with the same handler and limits.
 const socketPath = process.env.BENCH_WOLF_SOCKET;
 const servers = [wolf.server];
