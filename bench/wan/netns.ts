@@ -54,7 +54,7 @@ function tryRun(cmd: string, args: string[]): { ok: boolean; out: string } {
     return { ok: true, out: execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }) };
   } catch (err) {
     const e = err as { stderr?: string; message: string };
-    return { ok: false, out: String(e.stderr ?? e.message).trim() };
+    return { ok: false, out: (e.stderr ?? e.message).trim() };
   }
 }
 
@@ -170,11 +170,11 @@ export class WanLab {
     // stdin stays open as long as this process lives: the delay line ends when it closes.
     const child = spawn('python3', [DELAY_LINE, this.plane, this.host, String(oneWayMs), DEVICE], { stdio: ['pipe', 'pipe', 'pipe'] });
     this.#delayLine = child;
-    child.stderr?.setEncoding('utf8').on('data', (s: string) => (this.#delayLineErr += s));
+    child.stderr.setEncoding('utf8').on('data', (s: string) => (this.#delayLineErr += s));
     this.#delayLineExit = new Promise((resolve) => child.once('exit', () => resolve()));
     await new Promise<void>((resolve, reject) => {
       let out = '';
-      child.stdout?.setEncoding('utf8').on('data', (s: string) => {
+      child.stdout.setEncoding('utf8').on('data', (s: string) => {
         out += s;
         if (out.includes('ready\n')) resolve();
       });

@@ -141,7 +141,7 @@ function startAgent(lab: WanLab, variant: Variant, env: NodeJS.ProcessEnv, caFil
         child.stdout?.removeListener('data', onData);
         child.stdout?.resume();
         child.removeListener('exit', onExit);
-        resolve({ variant, runnerId, child, pid: child.pid as number, stderr: () => err });
+        resolve({ variant, runnerId, child, pid: child.pid!, stderr: () => err });
       } else if (out.length > 65536) out = out.slice(-1024);
     };
     const onExit = (code: number | null): void =>
@@ -244,10 +244,10 @@ function printRtt(r: RttResult, o: Options): string {
   rows.push(['upload agent CPU-s per GiB', 'bulk up cpu', (v) => fmt(v, 2)]);
   const head = ['figure', ...COLUMNS.map((c) => c.label)];
   const body = rows.map(([label, name, show]) => [label, ...COLUMNS.map((c) => cell(r, name, c.key, show))]);
-  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => (b[i] as string).length)));
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
   const line = (cells: string[]): string =>
     cells
-      .map((c, i) => c.padEnd(widths[i] as number))
+      .map((c, i) => c.padEnd(widths[i]!))
       .join('  ')
       .trimEnd();
   const p = r.ping;
@@ -308,7 +308,7 @@ async function runAtRtt(o: Options, rttMs: number, agentFlags: string, tmp: stri
     const plane = await serviceIn(lab, lab.plane, 'plane-process.js', {
       ...baseEnv,
       BENCH_TOKEN: token,
-      BENCH_RUNNER_ID: runnerOf(VARIANTS[0] as Variant),
+      BENCH_RUNNER_ID: runnerOf(VARIANTS[0]!),
       BENCH_WOLF: wolfTcp,
       BENCH_PLANE_HOST: PLANE_ADDR,
       BENCH_TLS_KEY: pki.keyFile,
@@ -397,7 +397,6 @@ async function runAtRtt(o: Options, rttMs: number, agentFlags: string, tmp: stri
   } finally {
     await lab.destroy();
   }
-  if (!ping) throw new Error('no ping');
   return { rttMs, link: lab.kind, ping, ...(delayLine ? { delayLine } : {}), figures: figs, missing, seconds: (Date.now() - t0) / 1000 };
 }
 

@@ -118,7 +118,7 @@ test(
 test('removeStale() removes the namespaces of a run whose process is gone, and only those', { skip: why ?? false }, async (t) => {
   // A pid that is certainly not running: a child that has exited and been reaped.
   const dead = spawn(process.execPath, ['-e', '0']);
-  const deadPid = dead.pid as number;
+  const deadPid = dead.pid!;
   await exited(dead);
   const stale = `rdwan-${deadPid}-plane`;
   const mine = `rdwan-${process.pid}-host`;
@@ -138,13 +138,13 @@ test('bench --wan removes its namespaces when interrupted mid-run (SIGINT, exit 
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   t.after(() => bench.kill('SIGKILL'));
-  const pid = bench.pid as number;
+  const pid = bench.pid!;
   const ours = (): string[] => namespaces().filter((n) => n.startsWith(`rdwan-${pid}-`));
   let out = '';
-  bench.stderr?.setEncoding('utf8').on('data', (s: string) => (out += s));
+  bench.stderr.setEncoding('utf8').on('data', (s: string) => (out += s));
   // Interrupt once the load runs: namespaces, agents, plane and wrk all exist then.
   await new Promise<void>((resolve, reject) => {
-    bench.stdout?.setEncoding('utf8').on('data', (s: string) => {
+    bench.stdout.setEncoding('utf8').on('data', (s: string) => {
       out += s;
       if (out.includes('plane https://')) resolve();
     });
