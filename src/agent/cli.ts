@@ -13,6 +13,8 @@
  * Shutdown order: stop taking tunnels and deregister from the registry at
  * once (the deregistration has its own short time limit), drain the tunnels,
  * and close the operations server last so probes answer (503) until the end.
+ * With `--registry sandboxes` heartbeats stop at once; the host is removed
+ * only with --deregister-on-exit.
  */
 import { CommanderError } from 'commander';
 import { DOCTOR_DEFAULTS, type DoctorFlags, addDoctorCommand, namesDoctor } from './doctor/command.js';
@@ -26,7 +28,8 @@ import { OpsServer, type Readiness, formatListenAddress } from './ops/server.js'
 import { EgressProxy } from './net/proxy.js';
 import { DirectConnector } from './net/connector.js';
 import { TlsSettings } from './net/tls-context.js';
-import { Agent } from './control/supervisor.js';
+import { Agent, type AgentObserver } from './control/supervisor.js';
+import type { SandboxHeartbeat } from './registry/sandboxes.js';
 
 export const EXIT_OK = 0;
 export const EXIT_INTERNAL = 1;
@@ -95,6 +98,12 @@ export function startupWarnings(config: Config, log: Logger): void {
       'The heartbeat interval is 120 s or more: the control plane marks an instance offline after 2 minutes without one; lower --heartbeat-interval',
     );
   }
+  if (config.registry === 'sandboxes' && config.heartbeatIntervalMs >= 300_000) {
+    log.warn(
+      { heartbeatIntervalMs: config.heartbeatIntervalMs },
+      'The heartbeat interval is 300 s or more: the control plane marks a host offline after 5 minutes without one; lower --heartbeat-interval',
+    );
+  }
   if (config.tokenSource === 'flag') {
     log.warn('The token was given with --token, which every local user can read in the process list: use RUNNER_TOKEN_FILE or RUNNER_TOKEN');
   }
@@ -126,6 +135,9 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   const route = proxy.describeRoute(controlUrl(config.apiUrl, config.runnerId));
   if (route !== 'direct') log.info({ egress: route }, `Connecting to the control plane ${route}`);
   const metrics = new AgentMetrics();
+  // Set below with --registry sandboxes: told about every control connection (its first beat goes then).
+  let heartbeat: SandboxHeartbeat | undefined;
+  const observer: AgentObserver = config.registry === 'sandboxes' ? withControlConnected(metrics, () => heartbeat?.controlConnected()) : metrics;
   const tls = new TlsSettings({
     caFile: config.caFile,
     ca: config.ca,
@@ -149,7 +161,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       connector,
     },
     log,
-    observer: metrics,
+    observer,
     reconnectMaxMs: config.reconnectMaxMs,
     pingIntervalMs: config.pingIntervalMs,
     pingTimeoutMs: config.pingTimeoutMs,
@@ -159,9 +171,11 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   });
 
   const readiness = (): Readiness => {
-    if (agent.draining) return { ready: false, reason: 'shutting down' };
-    if (agent.connected) return { ready: true };
-    return { ready: false, reason: `control connection down since ${new Date(agent.disconnectedSince).toISOString()}` };
+    // The heartbeat is detail, never the status: tunnels work without the registry.
+    const detail = heartbeat ? { registry: heartbeat.status() } : {};
+    if (agent.draining) return { ready: false, reason: 'shutting down', ...detail };
+    if (agent.connected) return { ready: true, ...detail };
+    return { ready: false, reason: `control connection down since ${new Date(agent.disconnectedSince).toISOString()}`, ...detail };
   };
   let ops: OpsServer | undefined;
   if (config.metricsAddr) {
@@ -201,6 +215,31 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       })
     : undefined;
 
+  // Loaded only with --registry sandboxes, for the same reason.
+  if (config.registry === 'sandboxes') {
+    heartbeat = new (await import('./registry/sandboxes.js')).SandboxHeartbeat({
+      apiUrl: config.apiUrl,
+      token: config.token,
+      userAgent: `${PROGRAM}/${VERSION}`,
+      dispatcher: await proxy.dispatcherFor(config.apiUrl, {
+        ca: config.ca,
+        rejectUnauthorized: !config.insecureSkipTlsVerify,
+      }),
+      runnerId: config.runnerId,
+      intervalMs: config.heartbeatIntervalMs,
+      gpu: config.gpu,
+      diskPaths: config.diskPaths,
+      version: VERSION,
+      ...(config.heartbeatExtraFile !== undefined ? { extraFile: config.heartbeatExtraFile } : {}),
+      log,
+      observer: metrics,
+    });
+    log.info(
+      { sandboxId: heartbeat.sandboxId, gpuVendor: config.gpu.vendor, renderNode: config.gpu.renderNode, heartbeatIntervalMs: config.heartbeatIntervalMs },
+      `Registry: sandboxes API; this host is ${heartbeat.sandboxId}, heartbeats from the first control connection on`,
+    );
+  }
+
   let stopping = false;
   const onSignal = (signal: NodeJS.Signals): void => {
     if (stopping) {
@@ -209,7 +248,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     }
     stopping = true;
     log.info({ signal, tunnels: agent.activeTunnels, gracePeriodMs: config.gracePeriodMs }, `Received ${signal}: refusing new tunnels and draining`);
-    const deregistered = registry?.stop(DEREGISTER_TIMEOUT_MS);
+    const deregistered = registry?.stop(DEREGISTER_TIMEOUT_MS) ?? heartbeat?.stop(config.deregisterOnExit ? DEREGISTER_TIMEOUT_MS : undefined);
     Promise.all([agent.shutdown(config.gracePeriodMs), deregistered])
       .then(async ([{ cut }]) => {
         proxy.destroy();
@@ -229,7 +268,28 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  heartbeat?.start();
   agent.start();
   registry?.start();
   return undefined;
+}
+
+/**
+ * The metrics observer, plus `onConnected` after each control connection.
+ * Bound methods, not a fan-out: the per-chunk `bytes` hook stays one direct
+ * call on the tunnel path.
+ */
+function withControlConnected(metrics: AgentMetrics, onConnected: () => void): AgentObserver {
+  return {
+    controlConnected: () => {
+      metrics.controlConnected();
+      onConnected();
+    },
+    controlDisconnected: metrics.controlDisconnected.bind(metrics),
+    controlAttemptFailed: metrics.controlAttemptFailed.bind(metrics),
+    tunnelStarted: metrics.tunnelStarted.bind(metrics),
+    tunnelSetUp: metrics.tunnelSetUp.bind(metrics),
+    tunnelEnded: metrics.tunnelEnded.bind(metrics),
+    bytes: metrics.bytes.bind(metrics),
+  };
 }

@@ -9,7 +9,9 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import pkg from '../../package.json' with { type: 'json' };
 import { ErrorCodes, RevdialError } from './errors.js';
 import { type LocalTarget, parseLocalAddress } from './net/local-dialer.js';
-import { DEFAULT_GPU_PATHS, GPU_TYPES, type GpuProbePaths, type GpuType, detectGpuType } from './registry/gpu-detect.js';
+import { DEFAULT_GPU_PATHS, GPU_TYPES, type GpuFacts, type GpuProbePaths, type GpuType, detectGpu, detectGpuType } from './registry/gpu-detect.js';
+import { DESKTOP_RUNNER_PREFIX, REGISTRY_MODES, type RegistryMode, sandboxIdOf } from './registry/http.js';
+import { type DiskPath, parseDiskPaths } from './registry/sandboxes.js';
 import { type ListenAddress, parseListenAddress } from './ops/server.js';
 import { type ProxyConfig, parseProxyUrl, proxyConfigFromEnv, safeProxy } from './net/proxy.js';
 
@@ -54,6 +56,15 @@ export interface Config {
   tlsMaxVersion?: 'TLSv1.2' | 'TLSv1.3';
   /** `--preconnect`: the most warm connections kept open; 0 turns the pool off. */
   preconnect: number;
+  /** `--registry`: which registry API, if any (`register` is true exactly for wolf-instances). */
+  registry: RegistryMode;
+  /** sandboxes: the host id in the heartbeat URL (the runner id without hydra-/sandbox-). */
+  sandboxId?: string;
+  /** sandboxes: GPU vendor and render node sent in every heartbeat. */
+  gpu: GpuFacts;
+  diskPaths: DiskPath[];
+  heartbeatExtraFile?: string;
+  deregisterOnExit: boolean;
 }
 
 /** A token file is read again at most this often. */
@@ -62,6 +73,7 @@ const TOKEN_FILE_REREAD_MS = 1000;
 /** Environment variables for boolean flags, read by hand (see `booleanEnv`). */
 const INSECURE_ENV = 'REVDIAL_INSECURE_SKIP_TLS_VERIFY';
 const REGISTER_ENV = 'REVDIAL_REGISTER';
+const DEREGISTER_ON_EXIT_ENV = 'REVDIAL_DEREGISTER_ON_EXIT';
 
 function seconds(min: number) {
   return (value: string): number => {
@@ -142,6 +154,26 @@ function gpuTypeArg(value: string): GpuType | 'auto' {
   return v as GpuType | 'auto';
 }
 
+function registryArg(value: string): RegistryMode {
+  const v = value.trim().toLowerCase();
+  if (!(REGISTRY_MODES as readonly string[]).includes(v)) throw new InvalidArgumentError(`expected one of ${REGISTRY_MODES.join(', ')}`);
+  return v as RegistryMode;
+}
+
+function diskPathsArg(value: string): DiskPath[] {
+  try {
+    return parseDiskPaths(value);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
+function renderNodeArg(value: string): string {
+  if (value.trim() === '' || value.length > 255 || /\s/.test(value))
+    throw new InvalidArgumentError('expected a device path such as /dev/dri/renderD128, or SOFTWARE');
+  return value;
+}
+
 function proxyArg(value: string): URL {
   try {
     return parseProxyUrl(value, '--proxy');
@@ -206,7 +238,11 @@ export function buildProgram(): Command {
     .addOption(new Option('--wolf-id <id>', 'this Wolf instance: letters, digits and hyphens, at most 255').env('WOLF_ID').argParser(wolfIdArg))
     .addOption(new Option('--token <token>', 'runner token (prefer RUNNER_TOKEN or --token-file: argv is visible to every user)').env('RUNNER_TOKEN'))
     .addOption(new Option('--token-file <path>', 'read the runner token from this file, again on every reconnect').env('RUNNER_TOKEN_FILE'))
-    .addOption(new Option('--runner-id <id>', 'runner id sent to the control plane (default: wolf-<WOLF_ID>)').env('REVDIAL_RUNNER_ID').argParser(runnerIdArg))
+    .addOption(
+      new Option('--runner-id <id>', 'runner id sent to the control plane (default: wolf-<WOLF_ID>; hydra-<WOLF_ID> with --registry sandboxes)')
+        .env('REVDIAL_RUNNER_ID')
+        .argParser(runnerIdArg),
+    )
     .addOption(
       new Option('--local <addr>', 'local Wolf API: host:port, http://host:port or unix:///path/to/wolf.sock')
         .env('WOLF_LOCAL_ADDR')
@@ -283,6 +319,36 @@ export function buildProgram(): Command {
         .argParser(seconds(0.001)),
     )
     .addOption(
+      new Option(
+        '--registry <api>',
+        `registry API: off, wolf-instances (as --register) or sandboxes (2026 control planes: hydra- runner id, heartbeats with GPU and disk facts)`,
+      )
+        .env('REVDIAL_REGISTRY')
+        .default('off')
+        .argParser(registryArg),
+    )
+    .addOption(
+      new Option(
+        '--disk-paths <list>',
+        'sandboxes: mount points whose disk usage heartbeats report, comma-separated; MOUNT=PATH measures MOUNT at PATH (e.g. /=/host)',
+      )
+        .env('REVDIAL_DISK_PATHS')
+        .default(parseDiskPaths('/,/var'), '/,/var')
+        .argParser(diskPathsArg),
+    )
+    .addOption(
+      new Option(
+        '--heartbeat-extra <file>',
+        'sandboxes: a JSON object merged into every heartbeat, read again each time (desktop_versions, instance_type, ...)',
+      ).env('REVDIAL_HEARTBEAT_EXTRA'),
+    )
+    .addOption(
+      new Option('--render-node <path>', 'sandboxes: render node sent in heartbeats (default: detected from /dev/dri, SOFTWARE without a GPU)')
+        .env('REVDIAL_RENDER_NODE')
+        .argParser(renderNodeArg),
+    )
+    .addOption(new Option('--deregister-on-exit', `sandboxes: remove this host from the control plane on SIGTERM (env: ${DEREGISTER_ON_EXIT_ENV})`))
+    .addOption(
       new Option('--proxy <url>', 'HTTP CONNECT proxy for every connection to the control plane (default: HTTPS_PROXY / HTTP_PROXY, minus NO_PROXY)')
         .env('REVDIAL_PROXY')
         .argParser(proxyArg),
@@ -337,6 +403,11 @@ interface RawOptions {
   proxy?: URL;
   tlsMaxVersion?: 'TLSv1.2' | 'TLSv1.3';
   preconnect: number;
+  registry: RegistryMode;
+  diskPaths: DiskPath[];
+  heartbeatExtra?: string;
+  renderNode?: string;
+  deregisterOnExit?: boolean;
 }
 
 /** What `resolveConfig` reads from the host besides argv and env (tests swap it). */
@@ -398,9 +469,39 @@ export function resolveConfig(program: Command, env: NodeJS.ProcessEnv, host: Ho
     if (!ca.includes('-----BEGIN CERTIFICATE-----')) throw configError(`--ca-file ${o.caFile} holds no PEM certificate`);
   }
 
-  const register = o.register === true || booleanEnv(env, REGISTER_ENV);
+  const legacyRegister = o.register === true || booleanEnv(env, REGISTER_ENV);
+  const registryExplicit = program.getOptionValueSource('registry') !== 'default';
+  if (legacyRegister && registryExplicit && o.registry !== 'wolf-instances') {
+    throw configError(`--register (${REGISTER_ENV}) means --registry wolf-instances, but REVDIAL_REGISTRY / --registry is ${o.registry}: set only one`);
+  }
+  const registry: RegistryMode = legacyRegister ? 'wolf-instances' : o.registry;
+  const register = registry === 'wolf-instances';
   const proxy = proxyConfigFromEnv(o.proxy, env);
-  const runnerId = o.runnerId ?? `wolf-${o.wolfId}`;
+  const runnerId = o.runnerId ?? (registry === 'sandboxes' ? `hydra-${o.wolfId}` : `wolf-${o.wolfId}`);
+  if (runnerId.startsWith(DESKTOP_RUNNER_PREFIX)) {
+    throw configError(
+      `REVDIAL_RUNNER_ID / --runner-id "${runnerId}" starts with ${DESKTOP_RUNNER_PREFIX}, which belongs to per-session desktop containers: use hydra-<id> for a GPU host, or leave it unset`,
+    );
+  }
+  const sandboxId = registry === 'sandboxes' ? sandboxIdOf(runnerId) : undefined;
+  if (registry === 'sandboxes' && sandboxId === undefined) {
+    throw configError(
+      `REVDIAL_RUNNER_ID / --runner-id "${runnerId}" must start with hydra- (or sandbox-) and name a host with REVDIAL_REGISTRY / --registry sandboxes: the control plane registers hosts by that prefix`,
+    );
+  }
+  const deregisterOnExit = o.deregisterOnExit === true || booleanEnv(env, DEREGISTER_ON_EXIT_ENV);
+  if (deregisterOnExit && registry !== 'sandboxes') {
+    throw configError(`--deregister-on-exit (${DEREGISTER_ON_EXIT_ENV}) needs REVDIAL_REGISTRY / --registry sandboxes (wolf-instances always deregisters)`);
+  }
+  // Detected only for the sandboxes heartbeat: other modes never read /sys for it.
+  let gpu: GpuFacts = { vendor: 'none', renderNode: 'SOFTWARE' };
+  if (registry === 'sandboxes') {
+    const detected = detectGpu(host.gpuPaths ?? DEFAULT_GPU_PATHS);
+    gpu = {
+      vendor: o.gpuType === 'auto' ? detected.vendor : o.gpuType,
+      renderNode: o.renderNode ?? (o.gpuType === 'auto' || o.gpuType === detected.vendor ? detected.renderNode : 'SOFTWARE'),
+    };
+  }
 
   const insecure = o.insecureSkipTlsVerify === true || booleanEnv(env, INSECURE_ENV);
   const debug = booleanEnvLenient(env, 'DEBUG');
@@ -433,8 +534,14 @@ export function resolveConfig(program: Command, env: NodeJS.ProcessEnv, host: Ho
     heartbeatIntervalMs: Math.round(o.heartbeatInterval * 1000),
     proxy,
     preconnect: o.preconnect,
+    registry,
+    gpu,
+    diskPaths: o.diskPaths,
+    deregisterOnExit,
   };
   if (o.tlsMaxVersion) config.tlsMaxVersion = o.tlsMaxVersion;
+  if (sandboxId !== undefined) config.sandboxId = sandboxId;
+  if (o.heartbeatExtra) config.heartbeatExtraFile = o.heartbeatExtra;
   if (hasFile) config.tokenFile = o.tokenFile!;
   if (o.caFile) config.caFile = o.caFile;
   if (ca) config.ca = ca;
@@ -495,6 +602,17 @@ export function describeConfig(config: Config): Record<string, unknown> {
     heartbeatIntervalSeconds: config.heartbeatIntervalMs / 1000,
     tlsMaxVersion: config.tlsMaxVersion ?? 'TLSv1.3',
     preconnect: config.preconnect,
+    registry: config.registry,
+    ...(config.registry === 'sandboxes'
+      ? {
+          sandboxId: config.sandboxId,
+          gpuVendor: config.gpu.vendor,
+          renderNode: config.gpu.renderNode,
+          diskPaths: config.diskPaths.map((d) => (d.mountPoint === d.statPath ? d.mountPoint : `${d.mountPoint}=${d.statPath}`)),
+          heartbeatExtra: config.heartbeatExtraFile ?? null,
+          deregisterOnExit: config.deregisterOnExit,
+        }
+      : {}),
     egressProxy: {
       explicit: config.proxy.explicit ? safeProxy(config.proxy.explicit) : null,
       http: config.proxy.http ? safeProxy(config.proxy.http) : null,

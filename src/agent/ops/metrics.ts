@@ -16,14 +16,20 @@ import { ErrorCodes } from '../errors.js';
 import type { AgentObserver, TunnelResult } from '../control/supervisor.js';
 import type { PickupTiming } from '../tunnel/pickup.js';
 
-/** Heartbeat and registration outcomes (registry-client.ts). */
-export type RegistryResult = 'ok' | 'not_found' | 'rejected' | 'error';
-export const REGISTRY_RESULTS: readonly RegistryResult[] = ['ok', 'not_found', 'rejected', 'error'];
+/** Heartbeat and registration outcomes (registry/wolf-instances.ts, registry/sandboxes.ts). */
+export type RegistryResult = 'ok' | 'not_found' | 'rejected' | 'error' | 'timeout';
+export const REGISTRY_RESULTS: readonly RegistryResult[] = ['ok', 'not_found', 'rejected', 'error', 'timeout'];
 
 export interface RegistryObserver {
   registration?(result: RegistryResult): void;
   heartbeat?(result: RegistryResult): void;
   registered?(registered: boolean): void;
+  /** How long one heartbeat call took, answered or not (sandboxes). */
+  heartbeatDuration?(seconds: number): void;
+  /** Heartbeats failed in a row since the last one answered 2xx (sandboxes). */
+  heartbeatFailures?(count: number): void;
+  /** When a heartbeat was last answered 2xx, epoch ms (sandboxes). */
+  heartbeatOkAt?(epochMs: number): void;
 }
 
 // A Record over the union makes the compiler list every TunnelResult here.
@@ -91,6 +97,9 @@ export class AgentMetrics implements AgentObserver, RegistryObserver {
   readonly #heartbeats: Counter<'result'>;
   readonly #registrations: Counter<'result'>;
   readonly #registered: Gauge;
+  readonly #heartbeatSeconds: Histogram;
+  readonly #heartbeatFailures: Gauge;
+  readonly #heartbeatOkAt: Gauge;
 
   constructor(options: AgentMetricsOptions = {}) {
     const registers = [this.registry];
@@ -163,8 +172,26 @@ export class AgentMetrics implements AgentObserver, RegistryObserver {
       help: '1 while this instance is registered with the control plane registry, else 0.',
       registers,
     });
+    this.#heartbeatSeconds = new Histogram({
+      name: 'revdial_registry_heartbeat_duration_seconds',
+      help: 'Time one sandboxes heartbeat call took, answered or timed out (--registry sandboxes).',
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.#heartbeatFailures = new Gauge({
+      name: 'revdial_registry_heartbeat_consecutive_failures',
+      help: 'Sandboxes heartbeats failed in a row (error, timeout, rejected); 0 once one is answered 2xx.',
+      registers,
+    });
+    this.#heartbeatOkAt = new Gauge({
+      name: 'revdial_registry_last_heartbeat_ok_timestamp_seconds',
+      help: 'Unix time of the last sandboxes heartbeat answered 2xx; 0 before the first.',
+      registers,
+    });
 
     this.#connected.set(0);
+    this.#heartbeatFailures.set(0);
+    this.#heartbeatOkAt.set(0);
     this.#tunnelsActive.set(0);
     this.#registered.set(0);
     for (const reason of labelsOf(DISCONNECT_REASONS)) this.#disconnects.inc({ reason }, 0);
@@ -231,6 +258,18 @@ export class AgentMetrics implements AgentObserver, RegistryObserver {
 
   registered(registered: boolean): void {
     this.#registered.set(registered ? 1 : 0);
+  }
+
+  heartbeatDuration(seconds: number): void {
+    this.#heartbeatSeconds.observe(seconds);
+  }
+
+  heartbeatFailures(count: number): void {
+    this.#heartbeatFailures.set(count);
+  }
+
+  heartbeatOkAt(epochMs: number): void {
+    this.#heartbeatOkAt.set(epochMs / 1000);
   }
 }
 

@@ -56,6 +56,8 @@ export function formatListenAddress(a: ListenAddress): string {
 export interface Readiness {
   ready: boolean;
   reason?: string;
+  /** Shown in /readyz's body; never changes its status (e.g. the registry heartbeat). */
+  registry?: unknown;
 }
 
 export interface OpsServerOptions {
@@ -129,7 +131,10 @@ export class OpsServer {
       }
       case '/readyz': {
         const r = this.#options.readiness();
-        const body = r.ready ? { ready: true } : { ready: false, reason: r.reason ?? 'not ready' };
+        const body = {
+          ...(r.ready ? { ready: true } : { ready: false, reason: r.reason ?? 'not ready' }),
+          ...(r.registry !== undefined ? { registry: r.registry } : {}),
+        };
         send(res, r.ready ? 200 : 503, 'application/json', JSON.stringify(body));
         return;
       }

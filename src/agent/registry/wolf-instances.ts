@@ -11,13 +11,14 @@
  * built by proxy.ts).
  */
 import type { Logger } from 'pino';
-import { type Dispatcher, request } from 'undici';
+import type { Dispatcher } from 'undici';
 import { type Clock, sleep, systemClock } from '../clock.js';
 import { safeOrigin } from '../net/endpoints.js';
 import { ErrorCodes, RevdialError, codeOf, describe } from '../errors.js';
 import type { RegistryObserver, RegistryResult } from '../ops/metrics.js';
+import { type Answer, REGISTRY_PATHS, callRegistry, classify, registryBase } from './http.js';
 
-export const REGISTRY_PATH = '/api/v1/wolf-instances';
+export const REGISTRY_PATH = REGISTRY_PATHS['wolf-instances'];
 
 export interface WolfInstanceInfo {
   name: string;
@@ -45,13 +46,6 @@ export interface RegistryClientOptions {
   observer?: RegistryObserver;
 }
 
-interface Answer {
-  status: number;
-  body: unknown;
-}
-
-const MAX_BODY_BYTES = 64 * 1024;
-
 export class RegistryClient {
   readonly #o: RegistryClientOptions;
   readonly #clock: Clock;
@@ -65,10 +59,7 @@ export class RegistryClient {
   constructor(options: RegistryClientOptions) {
     this.#o = options;
     this.#clock = options.clock ?? systemClock;
-    const url = new URL(options.apiUrl.href);
-    if (url.protocol === 'ws:') url.protocol = 'http:';
-    if (url.protocol === 'wss:') url.protocol = 'https:';
-    this.#base = `${url.origin}${url.pathname.replace(/\/+$/, '')}${REGISTRY_PATH}`;
+    this.#base = registryBase(options.apiUrl, REGISTRY_PATH);
   }
 
   /** The registry's id for this instance while registered. */
@@ -212,57 +203,21 @@ export class RegistryClient {
     this.#o.observer?.registered?.(id !== undefined);
   }
 
-  async #call(method: 'POST' | 'DELETE', path: string, body: unknown, timeoutMs: number, signal: AbortSignal | undefined): Promise<Answer> {
-    const timeout = new AbortController();
-    const timer = this.#clock.setTimeout(
-      () => timeout.abort(new RevdialError(ErrorCodes.REGISTRY_FAILED, `registry ${method} did not answer within ${timeoutMs} ms`)),
+  #call(method: 'POST' | 'DELETE', path: string, body: unknown, timeoutMs: number, signal: AbortSignal | undefined): Promise<Answer> {
+    return callRegistry({
+      method,
+      url: `${this.#base}${path}`,
+      token: this.#o.token,
+      userAgent: this.#o.userAgent,
+      dispatcher: this.#o.dispatcher,
+      body,
       timeoutMs,
-    );
-    const signals = signal ? AbortSignal.any([signal, timeout.signal]) : timeout.signal;
-    try {
-      const headers: Record<string, string> = {
-        authorization: `Bearer ${this.#o.token()}`,
-        'user-agent': this.#o.userAgent,
-        accept: 'application/json',
-      };
-      let payload: string | undefined;
-      if (body !== undefined) {
-        payload = JSON.stringify(body);
-        headers['content-type'] = 'application/json';
-      }
-      const res = await request(`${this.#base}${path}`, {
-        method,
-        headers,
-        ...(payload !== undefined ? { body: payload } : {}),
-        dispatcher: this.#o.dispatcher,
-        signal: signals,
-        // A redirect could carry the token elsewhere; undici's request does not follow them.
-      });
-      const text = await readCapped(res.body);
-      let parsed: unknown;
-      try {
-        parsed = text === '' ? undefined : JSON.parse(text);
-      } catch {
-        parsed = undefined;
-      }
-      return { status: res.statusCode, body: parsed };
-    } catch (err) {
-      if (timeout.signal.aborted && !signal?.aborted) throw timeout.signal.reason;
-      if (err instanceof RevdialError) throw err;
-      const code = (err as { code?: string }).code ?? 'UNKNOWN';
-      const cause = (err as { cause?: { code?: string } }).cause?.code;
-      throw new RevdialError(ErrorCodes.REGISTRY_FAILED, `registry ${method} to ${safeOrigin(this.#o.apiUrl)} failed (${cause ?? code})`, { cause: err });
-    } finally {
-      this.#clock.clearTimeout(timer);
-    }
+      clock: this.#clock,
+      ...(signal ? { signal } : {}),
+      apiUrl: this.#o.apiUrl,
+      timeoutCode: ErrorCodes.REGISTRY_FAILED,
+    });
   }
-}
-
-function classify(status: number): RegistryResult {
-  if (status >= 200 && status < 300) return 'ok';
-  if (status === 404) return 'not_found';
-  if (status === 401 || status === 403) return 'rejected';
-  return 'error';
 }
 
 function idOf(body: unknown): string | undefined {
@@ -271,19 +226,4 @@ function idOf(body: unknown): string | undefined {
   if (typeof id === 'string' && id !== '') return id;
   if (typeof id === 'number' && Number.isFinite(id)) return String(id);
   return undefined;
-}
-
-async function readCapped(body: Dispatcher.ResponseData['body']): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    const buf = chunk as Buffer;
-    if (size + buf.length > MAX_BODY_BYTES) {
-      body.destroy();
-      break;
-    }
-    chunks.push(buf);
-    size += buf.length;
-  }
-  return Buffer.concat(chunks).toString('utf8');
 }
