@@ -24,7 +24,7 @@ import { parseArgs } from 'node:util';
 import pino from 'pino';
 import { type Fleet, createFleet } from './control-plane/fleet.js';
 import type { WolfInstance } from './control-plane/registry.js';
-import type { Sandbox } from './control-plane/sandboxes.js';
+import type { Placement } from './control-plane/placements.js';
 import { StandInWolf } from './stand-in-wolf.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -210,12 +210,12 @@ async function run(): Promise<boolean> {
     );
 
     // 1. Spread.
-    say(`\n== ${total} sandboxes, POST /api/v1/sandboxes`);
-    const made: Sandbox[] = [];
+    say(`\n== ${total} sandboxes, POST /api/v1/placements`);
+    const made: Placement[] = [];
     for (let k = 0; k < total; k++) {
-      const r = await api(fleet, token, 'POST', '/api/v1/sandboxes', {});
-      if (r.status !== 201) throw new Error(`POST /api/v1/sandboxes -> ${r.status} ${JSON.stringify(r.json)}`);
-      made.push(r.json as Sandbox);
+      const r = await api(fleet, token, 'POST', '/api/v1/placements', {});
+      if (r.status !== 201) throw new Error(`POST /api/v1/placements -> ${r.status} ${JSON.stringify(r.json)}`);
+      made.push(r.json as Placement);
     }
     table(fleet, nodes);
     const counts = nodes.map((n) => fleet.registry.findByName(n.name)?.connected_sandboxes ?? -1);
@@ -225,25 +225,25 @@ async function run(): Promise<boolean> {
     const before = nodes.map((n) => n.wolf.requests);
     let healthy = 0;
     for (const s of made) {
-      const r = await api(fleet, token, 'GET', `/api/v1/sandboxes/${s.id}/proxy/api/v1/system/health`);
+      const r = await api(fleet, token, 'GET', `/api/v1/placements/${s.id}/proxy/api/v1/system/health`);
       if (r.status === 200 && (r.json as { status?: string }).status === 'ok') healthy++;
     }
     const served = nodes.map((n, k) => n.wolf.requests - before[k]!);
     const held = nodes.map((n) => made.filter((s) => s.instance_name === n.name).length);
     check(
       healthy === total && served.every((v, k) => v === held[k]),
-      `routing: ${healthy}/${total} GET /api/v1/sandboxes/{id}/proxy/api/v1/system/health answered 200; each Wolf served exactly its own (${served.join(' / ')})`,
+      `routing: ${healthy}/${total} GET /api/v1/placements/{id}/proxy/api/v1/system/health answered 200; each Wolf served exactly its own (${served.join(' / ')})`,
     );
 
     // 3. GPU filter.
     const amd = nodes.find((n) => n.gpu === 'amd')!;
-    const gpuPick = await api(fleet, token, 'POST', '/api/v1/sandboxes', { gpu_type: 'amd' });
+    const gpuPick = await api(fleet, token, 'POST', '/api/v1/placements', { gpu_type: 'amd' });
     check(
-      gpuPick.status === 201 && (gpuPick.json as Sandbox).instance_name === amd.name,
-      `{"gpu_type":"amd"} placed on ${(gpuPick.json as Sandbox).instance_name} (the amd Wolf)`,
+      gpuPick.status === 201 && (gpuPick.json as Placement).instance_name === amd.name,
+      `{"gpu_type":"amd"} placed on ${(gpuPick.json as Placement).instance_name} (the amd Wolf)`,
     );
-    if (gpuPick.status === 201) made.push(gpuPick.json as Sandbox);
-    const tpu = await api(fleet, token, 'POST', '/api/v1/sandboxes', { gpu_type: 'tpu' });
+    if (gpuPick.status === 201) made.push(gpuPick.json as Placement);
+    const tpu = await api(fleet, token, 'POST', '/api/v1/placements', { gpu_type: 'tpu' });
     check(
       tpu.status === 503 && (tpu.json as { code?: string }).code === 'REVDIAL_NO_INSTANCE_AVAILABLE',
       `{"gpu_type":"tpu"} -> ${tpu.status} ${(tpu.json as { code?: string }).code}: ${(tpu.json as { error?: string }).error}`,
@@ -288,15 +288,15 @@ async function run(): Promise<boolean> {
       return sum + (i ? i.max_sandboxes - i.connected_sandboxes : 0);
     }, 0);
     say(`\n== new sandboxes after the failures, until the survivors are full (${room} free slots)`);
-    const fresh: Sandbox[] = [];
+    const fresh: Placement[] = [];
     let refusal: { status: number; json: unknown } | undefined;
     for (let k = 0; k <= room; k++) {
-      const r = await api(fleet, token, 'POST', '/api/v1/sandboxes', {});
+      const r = await api(fleet, token, 'POST', '/api/v1/placements', {});
       if (r.status !== 201) {
         refusal = r;
         break;
       }
-      fresh.push(r.json as Sandbox);
+      fresh.push(r.json as Placement);
     }
     made.push(...fresh);
     table(fleet, nodes);
@@ -309,23 +309,23 @@ async function run(): Promise<boolean> {
       `the next one -> ${refusal?.status} ${(refusal?.json as { code?: string } | undefined)?.code}: ${(refusal?.json as { error?: string } | undefined)?.error}`,
     );
     const onSurvivor = fresh[0]!;
-    const ping = await api(fleet, token, 'GET', `/api/v1/sandboxes/${onSurvivor.id}/proxy/api/v1/system/health`);
+    const ping = await api(fleet, token, 'GET', `/api/v1/placements/${onSurvivor.id}/proxy/api/v1/system/health`);
     check(ping.status === 200, `a new sandbox on ${onSurvivor.instance_name} answers through its tunnel: ${ping.status}`);
     const orphan = made.find((s) => s.instance_name === killed.name)!;
-    const dead = await api(fleet, token, 'GET', `/api/v1/sandboxes/${orphan.id}/proxy/api/v1/system/health`);
+    const dead = await api(fleet, token, 'GET', `/api/v1/placements/${orphan.id}/proxy/api/v1/system/health`);
     check(
-      dead.status === 502 && (dead.json as { code?: string }).code === 'REVDIAL_SANDBOX_UNREACHABLE',
+      dead.status === 502 && (dead.json as { code?: string }).code === 'REVDIAL_PLACEMENT_UNREACHABLE',
       `a sandbox held by the killed ${killed.name} -> ${dead.status} ${(dead.json as { code?: string }).code}`,
     );
 
     // 7. Destroy everything: every count back to zero.
     say(`\n== DELETE every sandbox`);
     let deleted = 0;
-    for (const s of made) if ((await api(fleet, token, 'DELETE', `/api/v1/sandboxes/${s.id}`)).status === 200) deleted++;
+    for (const s of made) if ((await api(fleet, token, 'DELETE', `/api/v1/placements/${s.id}`)).status === 200) deleted++;
     table(fleet, nodes);
     const left = fleet.registry.list().map((i) => i.connected_sandboxes);
     check(
-      deleted === made.length && left.every((c) => c === 0) && fleet.sandboxes.list().length === 0,
+      deleted === made.length && left.every((c) => c === 0) && fleet.placements.list().length === 0,
       `${deleted}/${made.length} deleted, every count back to 0`,
     );
 

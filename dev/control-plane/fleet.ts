@@ -1,8 +1,10 @@
 /**
- * A control plane for several Wolfs, wired in one call: the RevDial endpoint,
- * the registry API, the health monitor (which also watches each instance's
- * tunnel) and the sandbox API with the least-loaded scheduler. The multi-Wolf
- * demo and the tests use it; so can anyone trying the registry client.
+ * A control plane for several Wolfs, wired in one call: the RevDial endpoint;
+ * the 2025 Wolf registry API, its health monitor (which also watches each
+ * instance's tunnel) and the placement API with the least-loaded scheduler;
+ * and the 2026 host API (`/api/v1/sandboxes`: implicit registration on
+ * control connect, heartbeats, the reaper). The multi-Wolf demo and the tests
+ * use it; so can anyone trying either registry client.
  */
 import { type Clock, systemClock } from '../../src/agent/clock.js';
 import type { Logger } from '../../src/agent/logger.js';
@@ -10,8 +12,10 @@ import { HealthMonitor } from './health-monitor.js';
 import type { Authorize } from './http-util.js';
 import { installRegistryApi } from './registry-api.js';
 import { type InstanceStore, Registry } from './registry.js';
-import { installSandboxesApi } from './sandboxes-api.js';
-import { Sandboxes } from './sandboxes.js';
+import { installPlacementsApi } from './placements-api.js';
+import { Placements } from './placements.js';
+import { installSandboxHostsApi } from './sandbox-hosts-api.js';
+import { SandboxHosts } from './sandbox-hosts.js';
 import { ControlPlane, type ControlPlaneOptions } from './server.js';
 
 export interface FleetOptions extends Omit<ControlPlaneOptions, 'authorize' | 'clock'> {
@@ -25,20 +29,26 @@ export interface FleetOptions extends Omit<ControlPlaneOptions, 'authorize' | 'c
   offlineAfterMs?: number;
   /** Mark instances without a live RevDial tunnel `degraded` (default true). */
   watchTunnels?: boolean;
+  /** Silence after which the reaper marks a 2026 host offline (default 5 min). */
+  hostOfflineAfterMs?: number;
+  /** Reaper period (default 1 min). */
+  hostSweepMs?: number;
 }
 
 export interface Fleet {
   plane: ControlPlane;
   registry: Registry;
   monitor: HealthMonitor;
-  sandboxes: Sandboxes;
-  /** Stops the monitor and closes the plane. */
+  placements: Placements;
+  /** 2026 GPU hosts (`/api/v1/sandboxes`); its reaper runs from creation to close. */
+  hosts: SandboxHosts;
+  /** Stops the monitor and the reaper and closes the plane. */
   close(): Promise<void>;
 }
 
 /** Builds the pieces and installs the routes; call `plane.listen()` and `monitor.start()` next. */
 export function createFleet(options: FleetOptions): Fleet {
-  const { log, store, checkIntervalMs, offlineAfterMs, watchTunnels, ...planeOptions } = options;
+  const { log, store, checkIntervalMs, offlineAfterMs, watchTunnels, hostOfflineAfterMs, hostSweepMs, ...planeOptions } = options;
   const clock = options.clock ?? systemClock;
   // The injected clock drives registry time (heartbeat ages, the monitor);
   // the plane keeps real timers so tunnels still work in tests that tick it.
@@ -52,17 +62,26 @@ export function createFleet(options: FleetOptions): Fleet {
     ...(offlineAfterMs !== undefined ? { offlineAfterMs } : {}),
     ...(watchTunnels === false ? {} : { tunnelUp: (runnerId: string) => plane.dialer(runnerId) !== undefined }),
   });
-  const sandboxes = new Sandboxes({ registry, tunnels: plane, clock, log });
+  const placements = new Placements({ registry, tunnels: plane, clock, log });
   const basePath = options.basePath ?? '';
   installRegistryApi(plane, registry, { authorize: options.authorize, basePath, log });
-  installSandboxesApi(plane, sandboxes, { authorize: options.authorize, basePath, log });
+  installPlacementsApi(plane, placements, { authorize: options.authorize, basePath, log });
+  const hosts = new SandboxHosts({
+    clock,
+    ...(hostOfflineAfterMs !== undefined ? { offlineAfterMs: hostOfflineAfterMs } : {}),
+    ...(hostSweepMs !== undefined ? { sweepMs: hostSweepMs } : {}),
+  });
+  installSandboxHostsApi(plane, hosts, { authorize: options.authorize, basePath, log });
+  hosts.startReaper();
   return {
     plane,
     registry,
     monitor,
-    sandboxes,
+    placements,
+    hosts,
     close: async () => {
       monitor.stop();
+      hosts.stopReaper();
       await plane.close();
     },
   };

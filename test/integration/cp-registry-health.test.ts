@@ -1,13 +1,13 @@
 /**
  * The health monitor with an injected clock: offline after missed
  * heartbeats (and the log line), back online on a heartbeat, degraded while
- * the RevDial tunnel is down, and new sandboxes failing over meanwhile.
+ * the RevDial tunnel is down, and new placements failing over meanwhile.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { HealthMonitor } from '../../dev/control-plane/health-monitor.js';
 import { Registry } from '../../dev/control-plane/registry.js';
-import { Sandboxes } from '../../dev/control-plane/sandboxes.js';
+import { Placements } from '../../dev/control-plane/placements.js';
 import { FakeClock } from '../helpers/control-plane.js';
 import { LogCapture } from '../helpers/harness.js';
 
@@ -22,12 +22,12 @@ function setup(options: { tunnels?: Set<string> } = {}) {
     clock,
     ...(tunnels ? { tunnelUp: (runnerId: string) => tunnels.has(runnerId) } : {}),
   });
-  const sandboxes = new Sandboxes({
+  const placements = new Placements({
     registry,
     clock,
     tunnels: { request: () => Promise.reject(new Error('unused')) },
   });
-  return { clock, registry, logs, monitor, sandboxes };
+  return { clock, registry, logs, monitor, placements };
 }
 
 const status = (registry: Registry, name: string): string | undefined => registry.findByName(name)?.status;
@@ -93,30 +93,30 @@ test('configurable interval and threshold; a heartbeat brings an offline instanc
   assert.equal(status(registry, 'w'), 'online');
 });
 
-test('new sandboxes fail over to the instance that keeps heartbeating', () => {
-  const { clock, registry, monitor, sandboxes } = setup();
+test('new placements fail over to the instance that keeps heartbeating', () => {
+  const { clock, registry, monitor, placements } = setup();
   monitor.start();
   const a = registry.register({ name: 'a', max_sandboxes: 10 });
   const b = registry.register({ name: 'b', max_sandboxes: 10 });
-  for (let n = 0; n < 4; n++) sandboxes.create();
-  assert.deepEqual(sandboxes.spread(), { a: 2, b: 2 });
+  for (let n = 0; n < 4; n++) placements.create();
+  assert.deepEqual(placements.spread(), { a: 2, b: 2 });
   // b stops; a keeps beating every 20 s for 3 minutes.
   for (let s = 0; s < 9; s++) {
     clock.tick(20_000);
     registry.heartbeat(a.id);
   }
   assert.equal(status(registry, 'b'), 'offline');
-  const placed = Array.from({ length: 5 }, () => sandboxes.create().instance_name);
+  const placed = Array.from({ length: 5 }, () => placements.create().instance_name);
   assert.deepEqual(placed, ['a', 'a', 'a', 'a', 'a']);
   // b comes back with a heartbeat and is the least loaded again.
   registry.heartbeat(b.id);
-  assert.equal(sandboxes.create().instance_name, 'b');
+  assert.equal(placements.create().instance_name, 'b');
   monitor.stop();
 });
 
 test('with tunnel watching: an instance whose RevDial tunnel is down is degraded, and online again when it is back', () => {
   const tunnels = new Set(['wolf-a', 'wolf-b']);
-  const { registry, monitor, sandboxes, logs } = setup({ tunnels });
+  const { registry, monitor, placements, logs } = setup({ tunnels });
   registry.register({ name: 'a' });
   registry.register({ name: 'b' });
   assert.deepEqual(monitor.check(), []);
@@ -127,8 +127,8 @@ test('with tunnel watching: an instance whose RevDial tunnel is down is degraded
     [['b', 'online', 'degraded']],
   );
   assert.ok(logs.find((l) => l.msg.startsWith('Wolf instance b marked degraded') && l.level === 'warn'));
-  assert.equal(sandboxes.create().instance_name, 'a');
-  assert.equal(sandboxes.create().instance_name, 'a');
+  assert.equal(placements.create().instance_name, 'a');
+  assert.equal(placements.create().instance_name, 'a');
   // A heartbeat over HTTP does not lift `degraded`: the tunnel is still down.
   registry.heartbeat(registry.findByName('b')!.id);
   assert.equal(status(registry, 'b'), 'degraded');
@@ -137,5 +137,5 @@ test('with tunnel watching: an instance whose RevDial tunnel is down is degraded
     monitor.check().map((c) => [c.instance.name, c.to]),
     [['b', 'online']],
   );
-  assert.equal(sandboxes.create().instance_name, 'b');
+  assert.equal(placements.create().instance_name, 'b');
 });

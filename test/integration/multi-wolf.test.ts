@@ -1,8 +1,8 @@
 /**
  * End to end with real agent processes (bin/wolf-revdial-client --register):
- * two stand-in Wolfs with different GPU types register themselves, sandboxes
+ * two stand-in Wolfs with different GPU types register themselves, placements
  * spread and are routed through each holder's tunnel, a SIGKILLed agent goes
- * degraded then offline and new sandboxes fail over, capacity holds, a
+ * degraded then offline and new placements fail over, capacity holds, a
  * SIGTERMed agent deregisters, and destroying everything zeroes the counts.
  */
 import assert from 'node:assert/strict';
@@ -11,7 +11,7 @@ import type { EventEmitter } from 'node:events';
 import { test } from 'node:test';
 import { createFleet } from '../../dev/control-plane/fleet.js';
 import type { WolfInstance } from '../../dev/control-plane/registry.js';
-import type { Sandbox } from '../../dev/control-plane/sandboxes.js';
+import type { Placement } from '../../dev/control-plane/placements.js';
 import { call, field } from '../helpers/control-plane.js';
 import { LogCapture, agentEnv, spawnAgent, startWolf } from '../helpers/harness.js';
 
@@ -76,25 +76,25 @@ test(
     ]);
 
     // Spread and routing.
-    const made: Sandbox[] = [];
+    const made: Placement[] = [];
     for (let k = 0; k < 4; k++) {
-      const r = await call(base, 'POST', '/api/v1/sandboxes', token, {});
+      const r = await call(base, 'POST', '/api/v1/placements', token, {});
       assert.equal(r.status, 201);
-      made.push(r.body as Sandbox);
+      made.push(r.body as Placement);
     }
-    assert.deepEqual(fleet.sandboxes.spread(), { 'e2e-a': 2, 'e2e-b': 2 });
+    assert.deepEqual(fleet.placements.spread(), { 'e2e-a': 2, 'e2e-b': 2 });
     const before = [a.wolf.requests, b.wolf.requests];
     for (const s of made) {
-      const r = await call(base, 'GET', `/api/v1/sandboxes/${s.id}/proxy/api/v1/system/health`, token);
+      const r = await call(base, 'GET', `/api/v1/placements/${s.id}/proxy/api/v1/system/health`, token);
       assert.equal(r.status, 200);
       assert.equal(field(r.body, 'status'), 'ok');
     }
     assert.deepEqual([a.wolf.requests - before[0]!, b.wolf.requests - before[1]!], [2, 2]);
 
     // GPU filter.
-    const nv = await call(base, 'POST', '/api/v1/sandboxes', token, { gpu_type: 'nvidia' });
+    const nv = await call(base, 'POST', '/api/v1/placements', token, { gpu_type: 'nvidia' });
     assert.equal(field(nv.body, 'instance_name'), 'e2e-a');
-    made.push(nv.body as Sandbox);
+    made.push(nv.body as Placement);
 
     // SIGKILL b: tunnel gone (degraded), heartbeats stop (offline).
     const degraded = waitForEvent<[WolfInstance]>(fleet.registry, 'status', (i) => i.name === 'e2e-b' && i.status === 'degraded', 'e2e-b degraded');
@@ -104,21 +104,21 @@ test(
     await offline;
     assert.ok(logs.find((l) => l.msg.startsWith('Wolf instance e2e-b marked offline') && l.level === 'warn'));
 
-    // New sandboxes go to a until it is full (4), then a coded 503.
-    const fresh = await call(base, 'POST', '/api/v1/sandboxes', token, {});
+    // New placements go to a until it is full (4), then a coded 503.
+    const fresh = await call(base, 'POST', '/api/v1/placements', token, {});
     assert.equal(field(fresh.body, 'instance_name'), 'e2e-a');
-    made.push(fresh.body as Sandbox);
-    const full = await call(base, 'POST', '/api/v1/sandboxes', token, {});
+    made.push(fresh.body as Placement);
+    const full = await call(base, 'POST', '/api/v1/placements', token, {});
     assert.equal(full.status, 503);
     assert.equal(field(full.body, 'code'), 'REVDIAL_NO_INSTANCE_AVAILABLE');
     assert.equal(fleet.registry.findByName('e2e-a')?.connected_sandboxes, 4);
 
-    // A sandbox on the dead Wolf cannot be reached; one on the survivor can.
+    // A placement on the dead Wolf cannot be reached; one on the survivor can.
     const onB = made.find((s) => s.instance_name === 'e2e-b')!;
-    const dead = await call(base, 'GET', `/api/v1/sandboxes/${onB.id}/proxy/api/v1/system/health`, token);
+    const dead = await call(base, 'GET', `/api/v1/placements/${onB.id}/proxy/api/v1/system/health`, token);
     assert.equal(dead.status, 502);
-    assert.equal(field(dead.body, 'code'), 'REVDIAL_SANDBOX_UNREACHABLE');
-    const alive = await call(base, 'GET', `/api/v1/sandboxes/${(fresh.body as Sandbox).id}/proxy/api/v1/system/health`, token);
+    assert.equal(field(dead.body, 'code'), 'REVDIAL_PLACEMENT_UNREACHABLE');
+    const alive = await call(base, 'GET', `/api/v1/placements/${(fresh.body as Placement).id}/proxy/api/v1/system/health`, token);
     assert.equal(alive.status, 200);
 
     // SIGTERM a: it deregisters on the way out.
@@ -128,8 +128,8 @@ test(
     await gone;
 
     // Destroy everything.
-    for (const s of made) assert.equal((await call(base, 'DELETE', `/api/v1/sandboxes/${s.id}`, token)).status, 200);
-    assert.equal(fleet.sandboxes.list().length, 0);
+    for (const s of made) assert.equal((await call(base, 'DELETE', `/api/v1/placements/${s.id}`, token)).status, 200);
+    assert.equal(fleet.placements.list().length, 0);
     assert.deepEqual(
       fleet.registry.list().map((i) => [i.name, i.status, i.connected_sandboxes]),
       [['e2e-b', 'offline', 0]],

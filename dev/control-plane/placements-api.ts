@@ -1,13 +1,13 @@
 /**
- * The sandbox API of the control plane (this project's, not part of PROTOCOL.md):
+ * The placement API of the control plane (this project's, not part of PROTOCOL.md):
  *
- *   POST   /api/v1/sandboxes                  {"gpu_type"?}  → 201 {"id","instance_id","instance_name","runner_id","gpu_type","created_at"}
+ *   POST   /api/v1/placements                  {"gpu_type"?}  → 201 {"id","instance_id","instance_name","runner_id","gpu_type","created_at"}
  *                                             503 REVDIAL_NO_INSTANCE_AVAILABLE (with "details") when no Wolf qualifies
- *   GET    /api/v1/sandboxes                  → 200 [sandbox, ...]
- *   GET    /api/v1/sandboxes/{id}             → 200 sandbox; 404 REVDIAL_SANDBOX_NOT_FOUND
- *   DELETE /api/v1/sandboxes/{id}             → 200 {"status":"ok"}; 404 REVDIAL_SANDBOX_NOT_FOUND
- *   ANY    /api/v1/sandboxes/{id}/proxy/PATH  → PATH (with its query) on the holder's Wolf API,
- *                                             through its RevDial tunnel; 502 REVDIAL_SANDBOX_UNREACHABLE
+ *   GET    /api/v1/placements                  → 200 [placement, ...]
+ *   GET    /api/v1/placements/{id}             → 200 placement; 404 REVDIAL_PLACEMENT_NOT_FOUND
+ *   DELETE /api/v1/placements/{id}             → 200 {"status":"ok"}; 404 REVDIAL_PLACEMENT_NOT_FOUND
+ *   ANY    /api/v1/placements/{id}/proxy/PATH  → PATH (with its query) on the holder's Wolf API,
+ *                                             through its RevDial tunnel; 502 REVDIAL_PLACEMENT_UNREACHABLE
  *
  * All need `Authorization: Bearer TOKEN` (authorize(token, null)). The proxy
  * never forwards that header, nor hop-by-hop headers, to Wolf.
@@ -17,11 +17,11 @@ import { type Readable, pipeline } from 'node:stream';
 import { ErrorCodes, codeOf, describe } from '../../src/agent/errors.js';
 import type { Logger } from '../../src/agent/logger.js';
 import { type Authorize, bearerToken, discardBody, readJsonObject, sendError, sendJson, sendUnauthorized } from './http-util.js';
-import type { Sandboxes } from './sandboxes.js';
+import type { Placements } from './placements.js';
 import { NoInstanceAvailableError } from './scheduler.js';
 import type { ControlPlane } from './server.js';
 
-export const SANDBOXES_PREFIX = '/api/v1/sandboxes';
+export const PLACEMENTS_PREFIX = '/api/v1/placements';
 
 /** Request bodies without Content-Length are buffered (Wolf needs the length) up to this size. */
 export const MAX_BUFFERED_BODY = 16 * 1024 * 1024;
@@ -41,7 +41,7 @@ const HOP_BY_HOP = new Set([
 
 const PROXY_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
 
-export interface SandboxesApiOptions {
+export interface PlacementsApiOptions {
   authorize: Authorize;
   basePath?: string;
   log?: Logger;
@@ -67,8 +67,8 @@ async function bufferBody(req: IncomingMessage): Promise<Buffer | null> {
   return Buffer.concat(chunks);
 }
 
-export function installSandboxesApi(plane: ControlPlane, sandboxes: Sandboxes, options: SandboxesApiOptions): void {
-  const prefix = `${(options.basePath ?? '').replace(/\/+$/, '')}${SANDBOXES_PREFIX}`;
+export function installPlacementsApi(plane: ControlPlane, placements: Placements, options: PlacementsApiOptions): void {
+  const prefix = `${(options.basePath ?? '').replace(/\/+$/, '')}${PLACEMENTS_PREFIX}`;
   const log = options.log;
 
   const proxy = async (id: string, path: string, req: IncomingMessage, res: ServerResponse): Promise<void> => {
@@ -90,11 +90,11 @@ export function installSandboxesApi(plane: ControlPlane, sandboxes: Sandboxes, o
     });
     let answer: IncomingMessage;
     try {
-      answer = await sandboxes.request(id, { method: req.method ?? 'GET', path, headers, ...(body !== undefined ? { body } : {}) }, abort.signal);
+      answer = await placements.request(id, { method: req.method ?? 'GET', path, headers, ...(body !== undefined ? { body } : {}) }, abort.signal);
     } catch (err) {
       const code = codeOf(err);
-      log?.warn({ sandboxId: id, code, err: describe(err) }, `Request for sandbox ${id} failed: ${describe(err)}`);
-      if (!res.headersSent) sendError(res, code === ErrorCodes.SANDBOX_NOT_FOUND ? 404 : 502, code, describe(err));
+      log?.warn({ placementId: id, code, err: describe(err) }, `Request for placement ${id} failed: ${describe(err)}`);
+      if (!res.headersSent) sendError(res, code === ErrorCodes.PLACEMENT_NOT_FOUND ? 404 : 502, code, describe(err));
       return;
     }
     const out: Record<string, string | string[]> = {};
@@ -140,7 +140,7 @@ export function installSandboxesApi(plane: ControlPlane, sandboxes: Sandboxes, o
           return;
         }
         try {
-          sendJson(res, 201, sandboxes.create({ gpuType }));
+          sendJson(res, 201, placements.create({ gpuType }));
         } catch (err) {
           if (!(err instanceof NoInstanceAvailableError)) throw err;
           log?.warn({ code: err.code, ...err.details }, err.message);
@@ -149,21 +149,21 @@ export function installSandboxesApi(plane: ControlPlane, sandboxes: Sandboxes, o
         return;
       }
       discardBody(req);
-      if (req.method === 'GET') sendJson(res, 200, sandboxes.list());
+      if (req.method === 'GET') sendJson(res, 200, placements.list());
       else sendError(res, 405, ErrorCodes.REGISTRY_REQUEST_INVALID, 'method not allowed on this path');
       return;
     }
     discardBody(req);
     const id = m[1];
     if (req.method === 'GET' || req.method === 'DELETE') {
-      const sandbox = sandboxes.get(id);
-      if (!sandbox) {
-        sendError(res, 404, ErrorCodes.SANDBOX_NOT_FOUND, `no sandbox with id ${id}`);
+      const placement = placements.get(id);
+      if (!placement) {
+        sendError(res, 404, ErrorCodes.PLACEMENT_NOT_FOUND, `no placement with id ${id}`);
         return;
       }
-      if (req.method === 'GET') sendJson(res, 200, sandbox);
+      if (req.method === 'GET') sendJson(res, 200, placement);
       else {
-        sandboxes.destroy(id);
+        placements.destroy(id);
         sendJson(res, 200, { status: 'ok' });
       }
       return;
@@ -171,5 +171,5 @@ export function installSandboxesApi(plane: ControlPlane, sandboxes: Sandboxes, o
     sendError(res, 405, ErrorCodes.REGISTRY_REQUEST_INVALID, 'method not allowed on this path');
   };
 
-  for (const method of PROXY_METHODS) plane.route(method, SANDBOXES_PREFIX, handle);
+  for (const method of PROXY_METHODS) plane.route(method, PLACEMENTS_PREFIX, handle);
 }
