@@ -4,7 +4,13 @@
  * the tunnel, checks every byte, stops the agent with SIGTERM and exits 0 when
  * everything held.
  *
- *   npm run demo [-- --agent-cmd dist/wolf-revdial-client --download-mb 64 --upload-mb 16]
+ * The control plane serves both registry generations; `--registry` picks the
+ * agent's: `sandboxes` (default, 2026: runner `hydra-demo`, the host
+ * registered by its control connection and a heartbeat at once),
+ * `wolf-instances` (2025: runner `wolf-demo`, registered and deregistered on
+ * SIGTERM) or `off`.
+ *
+ *   npm run demo [-- --agent-cmd dist/wolf-revdial-client --download-mb 64 --upload-mb 16 --registry wolf-instances]
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -14,7 +20,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ControlPlane } from './control-plane/server.js';
+import pino from 'pino';
+import { createFleet } from './control-plane/fleet.js';
+import type { WolfInstance } from './control-plane/registry.js';
+import type { SandboxHost } from './control-plane/sandbox-hosts.js';
 import { StandInWolf, digestOf, expectedDigest } from './stand-in-wolf.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -25,6 +34,7 @@ const { values: args } = parseArgs({
     'download-mb': { type: 'string', default: '64' },
     'upload-mb': { type: 'string', default: '16' },
     quiet: { type: 'boolean', default: false },
+    registry: { type: 'string', default: 'sandboxes' },
   },
 });
 
@@ -45,12 +55,32 @@ function waitExit(child: ChildProcess): Promise<number | null> {
   });
 }
 
+/** Resolves with the first `event` of `emitter` whose first argument satisfies `pred`. */
+function waitFor<T>(emitter: NodeJS.EventEmitter, event: string, pred: (value: T) => boolean, ms: number): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      emitter.removeListener(event, on);
+      reject(new Error(`no ${event} within ${ms} ms`));
+    }, ms);
+    const on = (value: T): void => {
+      if (!pred(value)) return;
+      clearTimeout(timer);
+      emitter.removeListener(event, on);
+      resolve(value);
+    };
+    emitter.on(event, on);
+  });
+}
+
 async function run(): Promise<boolean> {
+  const mode = args.registry;
+  if (!['off', 'wolf-instances', 'sandboxes'].includes(mode)) throw new Error('--registry must be off, wolf-instances or sandboxes');
   const dir = mkdtempSync(join(tmpdir(), 'wolf-revdial-demo-'));
   const token = randomBytes(24).toString('hex');
   const wolfId = 'demo';
-  const runnerId = `wolf-${wolfId}`;
-  const plane = ControlPlane.withToken(token);
+  const runnerId = mode === 'sandboxes' ? `hydra-${wolfId}` : `wolf-${wolfId}`;
+  const fleet = createFleet({ authorize: (t) => t === token, log: pino({ level: 'silent' }) });
+  const plane = fleet.plane;
   const wolf = new StandInWolf({ socketPath: join(dir, 'wolf.sock') });
   let agent: ChildProcess | undefined;
   let ok = true;
@@ -75,9 +105,14 @@ async function run(): Promise<boolean> {
       WOLF_LOCAL_ADDR: local,
       LOG_LEVEL: 'info',
       REVDIAL_METRICS_ADDR: '127.0.0.1:0',
+      REVDIAL_REGISTRY: mode,
     });
     const started = performance.now();
     const connected = plane.waitForRunner(runnerId, 15_000);
+    const firstBeat = waitFor<SandboxHost>(fleet.hosts, 'heartbeat', (h) => h.id === wolfId, 15_000);
+    const registered = waitFor<WolfInstance>(fleet.registry, 'registered', (i) => i.name === wolfId, 15_000);
+    if (mode !== 'sandboxes') firstBeat.catch(() => undefined);
+    if (mode !== 'wolf-instances') registered.catch(() => undefined);
     agent = spawn(args['agent-cmd'], [], { env, stdio: ['ignore', 'pipe', 'inherit'] });
     agent.stdout?.setEncoding('utf8');
     agent.stdout?.on('data', (text: string) => {
@@ -85,7 +120,17 @@ async function run(): Promise<boolean> {
       for (const line of text.split('\n').filter(Boolean)) say(`  agent | ${line}`);
     });
     await connected;
-    say(`agent          connected as ${runnerId} in ${(performance.now() - started).toFixed(0)} ms (pid ${agent.pid})`);
+    say(`agent          connected as ${runnerId} in ${(performance.now() - started).toFixed(0)} ms (pid ${agent.pid}), registry ${mode}`);
+    if (mode === 'sandboxes') {
+      const host = await firstBeat;
+      check(
+        host.status === 'online' && host.last_seen !== null,
+        `2026 registry: host ${host.id} registered by the control connection, first heartbeat at once (gpu_vendor ${host.gpu_vendor || '""'}, render_node ${host.render_node}, ${host.disk_usage.length} disks)`,
+      );
+    } else if (mode === 'wolf-instances') {
+      const instance = await registered;
+      check(instance.status === 'online', `2025 registry: Wolf instance ${instance.name} registered (gpu_type ${instance.gpu_type})`);
+    }
 
     const health = await plane.request(runnerId, { path: '/api/v1/system/health' });
     const body = JSON.parse((await readAll(health)).toString('utf8')) as { status?: string };
@@ -130,11 +175,14 @@ async function run(): Promise<boolean> {
     agent.kill('SIGTERM');
     const code = await waitExit(agent);
     check(code === 0, `SIGTERM: agent exited with code ${code}`);
+    if (mode === 'wolf-instances') check(fleet.registry.list().length === 0, '2025 registry: deregistered on SIGTERM');
+    if (mode === 'sandboxes')
+      check(fleet.hosts.get(wolfId) !== undefined, '2026 registry: the host stays listed after SIGTERM (no --deregister-on-exit), as production hosts do');
   } catch (err) {
     check(false, `demo failed: ${err instanceof Error ? err.message : String(err)}`);
   } finally {
     if (agent?.exitCode === null) agent.kill('SIGKILL');
-    await plane.close();
+    await fleet.close();
     await wolf.close();
     rmSync(dir, { recursive: true, force: true });
   }

@@ -7,7 +7,7 @@
  * With `tunnelUp`, it also checks each instance's RevDial tunnel: a Wolf that
  * still heartbeats over plain HTTP but whose agent has no control connection
  * cannot be reached, so it is `degraded` (the scheduler skips it) until the
- * tunnel is back. A SIGKILLed agent therefore stops getting new sandboxes at
+ * tunnel is back. A SIGKILLed agent therefore stops getting new placements at
  * the next check, well before its heartbeats are missed.
  */
 import { type Clock, type Timer, systemClock } from '../../src/agent/clock.js';

@@ -2,12 +2,12 @@
  * The least-loaded scheduler: of the instances that are `online`, match the
  * requested GPU type (when one is given) and have a free slot
  * (`connected_sandboxes < max_sandboxes`), the one with the lowest load ratio
- * `connected / max`. Ties go to the instance with fewer sandboxes, then to the
+ * `connected / max`. Ties go to the instance with fewer placements, then to the
  * one registered first, so equal Wolfs fill round-robin and never differ by
  * more than one.
  *
- * A pure function over a list: sandboxes.ts calls it and counts the new
- * sandbox in the same synchronous step.
+ * A pure function over a list: placements.ts calls it and counts the new
+ * placement in the same synchronous step.
  */
 import { ErrorCodes, RevdialError } from '../../src/agent/errors.js';
 import type { WolfInstance } from './registry.js';
@@ -36,7 +36,7 @@ export class NoInstanceAvailableError extends RevdialError {
     else if (details.online === 0) why = `none of the ${details.registered} registered Wolf instances is online`;
     else if (details.matchingGpu === 0) why = `none of the ${details.online} online Wolf instances has GPU type "${details.gpuType ?? ''}"`;
     else why = details.matchingGpu === 1 ? `the only online Wolf instance${want} is full` : `all ${details.matchingGpu} online Wolf instances${want} are full`;
-    super(ErrorCodes.NO_INSTANCE_AVAILABLE, `no Wolf instance can take a sandbox${want}: ${why}`);
+    super(ErrorCodes.NO_INSTANCE_AVAILABLE, `no Wolf instance can take a placement${want}: ${why}`);
     this.name = 'NoInstanceAvailableError';
     this.details = details;
   }
@@ -51,7 +51,7 @@ function normalizeGpu(value: string | undefined): string {
 }
 
 /**
- * Picks the instance for a new sandbox. `instances` in registration order.
+ * Picks the instance for a new placement. `instances` in registration order.
  * Throws NoInstanceAvailableError (REVDIAL_NO_INSTANCE_AVAILABLE) when none qualifies.
  */
 export function selectInstance(instances: readonly WolfInstance[], request: ScheduleRequest = {}): WolfInstance {
