@@ -107,8 +107,8 @@ function spawnAgent(agentCmd: string, n: Node, token: string, fleet: Fleet, flag
     REVDIAL_METRICS_ADDR: '127.0.0.1:0',
   });
   const agent = spawn(agentCmd, flags, { env, stdio: ['ignore', 'pipe', 'inherit'] });
-  agent.stdout?.setEncoding('utf8');
-  agent.stdout?.on('data', (text: string) => {
+  agent.stdout.setEncoding('utf8');
+  agent.stdout.on('data', (text: string) => {
     if (!args.verbose) return;
     for (const line of text.split('\n').filter(Boolean)) say(`  ${n.name} | ${line}`);
   });

@@ -55,7 +55,7 @@ test('heartbeats: fields stored, gpu fields overwritten even with blanks, unknow
   };
   let r = await call(base, 'POST', '/api/v1/sandboxes/h1/heartbeat', TOKEN, first);
   assert.deepEqual([r.status, r.body], [200, { status: 'ok' }]);
-  let h = fleet.hosts.get('h1') as SandboxHost;
+  let h = fleet.hosts.get('h1')!;
   assert.equal(h.last_seen, new Date(clock.now()).toISOString());
   assert.equal(h.gpu_vendor, 'nvidia');
   assert.deepEqual(h.disk_usage, first.disk_usage);
@@ -65,7 +65,7 @@ test('heartbeats: fields stored, gpu fields overwritten even with blanks, unknow
   clock.tick(1_000);
   r = await call(base, 'POST', '/api/v1/sandboxes/h1/heartbeat', TOKEN, {});
   assert.equal(r.status, 200);
-  h = fleet.hosts.get('h1') as SandboxHost;
+  h = fleet.hosts.get('h1')!;
   assert.equal(h.gpu_vendor, '');
   assert.equal(h.render_node, '');
   assert.equal(h.instance_type, 'g5.xlarge');

@@ -34,6 +34,8 @@ function configOf(args: string[], env: NodeJS.ProcessEnv = {}, gpuPaths?: { dev:
     program.parse(args, { from: 'user' });
     return resolveConfig(program, full, gpuPaths ? { gpuPaths } : {});
   } finally {
+    // Deleting is the only way to unset an environment variable.
+    // eslint-disable-next-line @typescript-eslint/no-dynamic-delete
     for (const k of Object.keys(full)) if (!(k in saved)) delete process.env[k];
     Object.assign(process.env, saved);
   }
@@ -81,7 +83,7 @@ test('sandboxes: runner id hydra-<WOLF_ID> by default, sandbox- accepted, others
   for (const bad of ['wolf-gpu9', 'hydra-']) {
     assert.throws(
       () => configOf(['--registry', 'sandboxes', '--runner-id', bad]),
-      (err: { code?: string; message: string }) => err.code === ErrorCodes.CONFIG_INVALID && /REVDIAL_RUNNER_ID \/ --runner-id/.test(err.message),
+      (err: { code?: string; message: string }) => err.code === ErrorCodes.CONFIG_INVALID && err.message.includes('REVDIAL_RUNNER_ID / --runner-id'),
     );
   }
   // desktop- is refused in every mode.
@@ -89,7 +91,7 @@ test('sandboxes: runner id hydra-<WOLF_ID> by default, sandbox- accepted, others
     assert.throws(
       () => configOf(['--registry', mode], { REVDIAL_RUNNER_ID: 'desktop-ses-1' }),
       (err: { code?: string; message: string }) =>
-        err.code === ErrorCodes.CONFIG_INVALID && /REVDIAL_RUNNER_ID \/ --runner-id "desktop-ses-1"/.test(err.message),
+        err.code === ErrorCodes.CONFIG_INVALID && err.message.includes('REVDIAL_RUNNER_ID / --runner-id "desktop-ses-1"'),
     );
   }
   assert.equal(sandboxIdOf('hydra-a-b'), 'a-b');

@@ -249,15 +249,19 @@ export class SandboxHeartbeat {
     }
   }
 
+  /** A method, not `signal.aborted` inline: the compiler would take it for constant inside the loop. */
+  #stopping(): boolean {
+    return this.#stop.signal.aborted;
+  }
+
   async #run(): Promise<void> {
-    const signal = this.#stop.signal;
     let wait = Infinity; // until the first control connection
-    while (!signal.aborted) {
+    while (!this.#stopping()) {
       await this.#sleep(wait);
-      if (signal.aborted) break;
+      if (this.#stopping()) break;
       this.#kicked = false;
       const result = await this.#beat();
-      if (signal.aborted) break;
+      if (this.#stopping()) break;
       if (result === 'ok') wait = this.#o.intervalMs;
       else if (result === 'not_found') wait = this.#o.missingApiRetryMs ?? 300_000;
       else {
