@@ -206,6 +206,13 @@ export class WanLab {
     };
   }
 
+  /** A sysctl as the plane's namespace sees it (`net/ipv4/tcp_wmem`): namespaces start from the kernel's defaults, not the host's settings. */
+  sysctl(path: string): string {
+    return execFileSync('ip', ['netns', 'exec', this.plane, 'cat', `/proc/sys/${path}`], { encoding: 'utf8' })
+      .trim()
+      .replace(/\s+/g, ' ');
+  }
+
   /** Spawns `command` inside a namespace; it is killed when the lab is destroyed. */
   spawnIn(ns: string, command: string, args: string[], options: Parameters<typeof spawn>[2] = {}): ChildProcess {
     const child = spawn('ip', ['netns', 'exec', ns, command, ...args], options);

@@ -30,7 +30,7 @@ import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { IpcClient } from '../ipc.js';
-import { cpuSeconds, loadAverage, median } from '../proc.js';
+import { clkTck, cpuSeconds, loadAverage, median } from '../proc.js';
 import { type DelayLineStats, destroyAllSync, HOST_ADDR, type LinkKind, PLANE_ADDR, type PingStats, removeStale, unavailableReason, WanLab } from './netns.js';
 import { makePki } from './tls.js';
 
@@ -196,7 +196,11 @@ interface RttResult {
   rttMs: number;
   link: LinkKind;
   ping: PingStats;
-  delayLine?: DelayLineStats & { cpuSeconds?: number };
+  /** The delay line's counters, and its CPU over the bulk transfers (`bulkSeconds` long). */
+  delayLine?: DelayLineStats & { cpuSeconds?: number; bulkSeconds?: number };
+  /** net.ipv4.tcp_wmem / tcp_rmem in the namespaces: the largest send and receive buffers bound a connection to about max/RTT. */
+  tcpWmem: string;
+  tcpRmem: string;
   /** figure name -> column key -> runs. */
   figures: Record<string, Samples>;
   /** Columns that could not run, with why. */
@@ -217,6 +221,11 @@ function fmt(n: number | undefined, digits?: number): string {
 }
 
 const COLUMNS = [...VARIANTS.map((v) => ({ key: v.key, label: `agent, ${v.label}` })), { key: 'direct', label: 'no tunnel' }];
+
+/** The largest of the three sizes of a tcp_wmem / tcp_rmem line. */
+function maxBuf(line: string): number {
+  return Number(line.trim().split(/\s+/).pop());
+}
 
 function cell(r: RttResult, name: string, column: string, show: (v: number) => string): string {
   const runs = r.figures[name]?.[column];
@@ -254,7 +263,11 @@ function printRtt(r: RttResult, o: Options): string {
   const lines = [
     '',
     `RTT ${r.rttMs} ms, TLS on (${r.link}); ping ${p.received}/${p.sent}: min/avg/max ${p.minMs}/${p.avgMs}/${p.maxMs} ms` +
-      (r.rttMs > 0 ? `; p50/p99 in RTTs of ${r.rttMs} ms` : ''),
+      (r.rttMs > 0 ? `; p50/p99 in RTTs of ${r.rttMs} ms` : '') +
+      `; tcp_wmem ${r.tcpWmem}, tcp_rmem ${r.tcpRmem}` +
+      (r.rttMs > 0
+        ? ` (a connection carries at most about its largest send buffer per RTT: ${fmt(maxBuf(r.tcpWmem) / MiB / (r.rttMs / 1000), 0)} MiB/s here)`
+        : ''),
     line(head),
     widths.map((w) => '-'.repeat(w)).join('  '),
     ...body.map(line),
@@ -264,7 +277,9 @@ function printRtt(r: RttResult, o: Options): string {
     lines.push(
       `delay line: ${dl.forwarded} packets (${(dl.bytes / MiB).toFixed(0)} MiB) forwarded, ${dl.dropped} dropped, most queued ${(dl.maxQueueBytes / MiB).toFixed(1)} MiB, ` +
         `latest packet ${dl.lateMsMax} ms behind time${dl.realtime ? ' (real-time priority)' : ''}` +
-        (dl.cpuSeconds !== undefined ? `, ${dl.cpuSeconds.toFixed(1)} CPU-s` : ''),
+        (dl.cpuSeconds !== undefined && dl.bulkSeconds
+          ? `; during the bulk transfers it used ${dl.cpuSeconds.toFixed(1)} CPU-s in ${dl.bulkSeconds.toFixed(0)} s (${((dl.cpuSeconds / dl.bulkSeconds) * 100).toFixed(0)}% of one core)`
+          : ''),
     );
   }
   for (const dir of ['down', 'up']) {
@@ -291,8 +306,12 @@ async function runAtRtt(o: Options, rttMs: number, agentFlags: string, tmp: stri
   const figs: Record<string, Samples> = {};
   let delayLine: RttResult['delayLine'];
   let ping: PingStats | undefined;
+  let tcpWmem: string | undefined;
+  let tcpRmem: string | undefined;
   try {
     ping = lab.ping(10);
+    tcpWmem = lab.sysctl('net/ipv4/tcp_wmem');
+    tcpRmem = lab.sysctl('net/ipv4/tcp_rmem');
     say(
       `RTT ${rttMs} ms via ${lab.kind} (${lab.plane} ${PLANE_ADDR} <-> ${lab.host} ${HOST_ADDR}): ping min/avg/max ${ping.minMs}/${ping.avgMs}/${ping.maxMs} ms, ${ping.received}/${ping.sent} answered`,
     );
@@ -353,6 +372,7 @@ async function runAtRtt(o: Options, rttMs: number, agentFlags: string, tmp: stri
           push(figs, `rps c=${c}`, key, rps);
           push(figs, `p50 c=${c}`, key, r.p50Us / 1000);
           push(figs, `p99 c=${c}`, key, r.p99Us / 1000);
+          push(figs, `requests c=${c}`, key, r.requests);
           if (target) push(figs, `cpu c=${c}`, key, (cpu / r.requests) * 1e3);
           say(
             `run ${run + 1}/${o.runs} c=${c} ${target ? `agent ${target.variant.label}` : 'no tunnel'}: ${rps.toFixed(0)} req/s, p50 ${(r.p50Us / 1000).toFixed(1)} ms, p99 ${(r.p99Us / 1000).toFixed(1)} ms` +
@@ -364,6 +384,7 @@ async function runAtRtt(o: Options, rttMs: number, agentFlags: string, tmp: stri
 
     const bulkMiB = o.bulkBytes / MiB;
     const dlCpu0 = lab.delayLinePid ? cpuSeconds(lab.delayLinePid) : 0;
+    const bulkT0 = Date.now();
     for (let run = 0; run < o.bulkRuns; run++) {
       for (const direction of ['down', 'up'] as const) {
         for (const target of [undefined, ...agents.filter((a) => a.variant.bulk)]) {
@@ -388,19 +409,32 @@ async function runAtRtt(o: Options, rttMs: number, agentFlags: string, tmp: stri
         }
       }
     }
+    const bulkEnd = Date.now();
     const dlCpu = lab.delayLinePid ? cpuSeconds(lab.delayLinePid) - dlCpu0 : undefined;
     for (const a of agents) {
       if (a.child.exitCode !== null) throw new Error(`agent (${a.variant.label}) exited early: ${a.stderr().slice(0, 800)}`);
     }
     const stats = await lab.destroy();
-    if (stats) delayLine = { ...stats, ...(dlCpu !== undefined ? { cpuSeconds: dlCpu } : {}) };
+    if (stats) delayLine = { ...stats, ...(dlCpu !== undefined ? { cpuSeconds: dlCpu, bulkSeconds: (bulkEnd - bulkT0) / 1000 } : {}) };
   } finally {
     await lab.destroy();
   }
-  return { rttMs, link: lab.kind, ping, ...(delayLine ? { delayLine } : {}), figures: figs, missing, seconds: (Date.now() - t0) / 1000 };
+  return { rttMs, link: lab.kind, ping, tcpWmem, tcpRmem, ...(delayLine ? { delayLine } : {}), figures: figs, missing, seconds: (Date.now() - t0) / 1000 };
 }
 
 // ---------------------------------------------------------------- main
+
+/** The fewest requests any agent's run counted: what bounds the CPU figures' resolution. */
+function fewest(results: RttResult[]): number {
+  let n = Number.POSITIVE_INFINITY;
+  for (const r of results) {
+    for (const [name, columns] of Object.entries(r.figures)) {
+      if (!name.startsWith('requests ')) continue;
+      for (const [key, runs] of Object.entries(columns)) if (key !== 'direct') n = Math.min(n, ...runs);
+    }
+  }
+  return n;
+}
 
 export async function runWan(argv: string[]): Promise<number> {
   const why = unavailableReason();
@@ -451,7 +485,9 @@ export async function runWan(argv: string[]): Promise<number> {
   const file = join(RESULTS, `${o.smoke ? 'wan-smoke' : 'wan'}-${result.when.replace(/[:.]/g, '-')}.json`);
   writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
   console.log(
-    `\nagent CPU per tunnel: user+sys of the agent's process over each run / requests; [min-max] over ${o.runs} run(s); load average (1 min) at start/end ${loads.map((l) => l.toFixed(2)).join(' / ')}`,
+    `\nagent CPU per tunnel: user+sys of the agent's process (/proc/<pid>/stat, in ${(1000 / clkTck()).toFixed(0)} ms ticks) over each run / its requests, ` +
+      `so a run of n requests reads to ±${(1000 / clkTck()).toFixed(0)}/n ms (fewest requests in one run: ${fewest(results)}); ` +
+      `[min-max] over ${o.runs} run(s); load average (1 min) at start/end ${loads.map((l) => l.toFixed(2)).join(' / ')}`,
   );
   console.log(`written ${file} in ${result.seconds.toFixed(0)} s`);
   return 0;
