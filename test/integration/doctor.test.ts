@@ -16,6 +16,8 @@ import { join } from 'node:path';
 import { type TestContext, after, test } from 'node:test';
 import { installRegistryApi } from '../../dev/control-plane/registry-api.js';
 import { Registry } from '../../dev/control-plane/registry.js';
+import { installSandboxHostsApi } from '../../dev/control-plane/sandbox-hosts-api.js';
+import { SandboxHosts } from '../../dev/control-plane/sandbox-hosts.js';
 import type { ControlPlane } from '../../dev/control-plane/server.js';
 import { ErrorCodes } from '../../src/agent/errors.js';
 import { makeCerts } from '../helpers/certs.js';
@@ -263,6 +265,25 @@ test('blackholed port (accepts, never answers): ✗ within the time limit, not m
   assert.equal(plain.steps.get('token')?.status, 'fail');
   assert.equal(plain.steps.get('token')?.code, ErrorCodes.DOCTOR_TIMEOUT);
   assert.equal(plain.steps.get('wolf')?.status, 'ok');
+});
+
+test('--registry sandboxes: the sandboxes list answers (✓, hydra- runner id); a plane without it is ✗ 404', async (t) => {
+  const { plane, env } = await setup(t);
+  const { REVDIAL_REGISTER: _register, ...base } = env;
+  installSandboxHostsApi(plane, new SandboxHosts(), { authorize: (token) => token === TOKEN });
+  const run = await doctor({ ...base, REVDIAL_REGISTRY: 'sandboxes' });
+  assert.equal(run.code, 0, run.out);
+  assert.match(line(run, '✓', 'configuration valid'), /runner id hydra-doctor/);
+  assert.match(line(run, '✓', 'the sandboxes registry answers'), /GET https:\/\/127\.0\.0\.1:\d+\/api\/v1\/sandboxes answered HTTP 200/);
+
+  // The plane of setup() without the sandboxes API: the wolf-instances one only.
+  const { env: older } = await setup(t);
+  const { REVDIAL_REGISTER: _r, ...olderBase } = older;
+  const json = await doctorJson({ ...olderBase, REVDIAL_REGISTRY: 'sandboxes' });
+  assert.equal(json.code, 1);
+  assert.equal(json.steps.get('registry')?.status, 'fail');
+  assert.equal(json.steps.get('registry')?.code, ErrorCodes.REGISTRY_FAILED);
+  assert.match(json.steps.get('registry')?.detail ?? '', /HTTP 404/);
 });
 
 test('invalid configuration: ✗ on the first step, the rest not checked, exit 1', async () => {

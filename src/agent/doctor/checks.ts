@@ -22,6 +22,8 @@ import { type EgressProxy, safeProxy } from '../net/proxy.js';
 import type { TlsSettings } from '../net/tls-context.js';
 import { dialWebSocket } from '../net/ws-dial.js';
 import { formatListenAddress } from '../ops/server.js';
+import { type RegistryMode, probeRegistry } from '../registry/http.js';
+import { systemClock } from '../clock.js';
 import type { DoctorFlags } from './command.js';
 
 /** A failed step: `message` says what is wrong, `fix` what to do. */
@@ -419,64 +421,45 @@ export async function checkWolf(ctx: CheckContext, signal: AbortSignal): Promise
   return `GET ${path} answered HTTP ${status}`;
 }
 
-/** The registry API the configuration implies, or `off`. */
-export function registryMode(config: Config): 'off' | 'wolf-instances' | 'sandboxes' {
-  const mode = (config as Config & { registry?: string }).registry;
-  if (mode === 'wolf-instances' || mode === 'sandboxes') return mode;
-  return config.register ? 'wolf-instances' : 'off';
+/** The registry API the configuration implies (`--registry`, or `--register` for wolf-instances). */
+export function registryMode(config: Config): RegistryMode {
+  return config.registry;
 }
 
-const REGISTRY_PATHS = { 'wolf-instances': '/api/v1/wolf-instances', sandboxes: '/api/v1/sandboxes' } as const;
+function registryFix(ctx: CheckContext, code: string | undefined): string {
+  if (code === ErrorCodes.AUTH_REJECTED) return `the registry refuses the token: check ${tokenSource(ctx.config)}`;
+  if (code === ErrorCodes.REGISTRY_FAILED)
+    return 'check --registry / REVDIAL_REGISTRY against what this control plane offers (a 404 means it has no such registry)';
+  return 'check the control plane (the steps above reached it)';
+}
 
-/** A read-only GET of the registry's list, with the token, the agent's TLS trust and egress. */
+/**
+ * The registry's read-only probe (registry/http.ts `probeRegistry`: a GET of
+ * the list, never a registration), with the token, the agent's TLS trust and
+ * egress. It says whether this host is listed; not being listed yet is no
+ * failure (a wolf-instances agent registers at start, a sandbox at its first
+ * control connection).
+ */
 export async function checkRegistry(ctx: CheckContext, signal: AbortSignal): Promise<string> {
   const mode = registryMode(ctx.config);
   if (mode === 'off') return 'no registry mode set';
-  const base = new URL(ctx.config.apiUrl.href);
-  if (base.protocol === 'ws:') base.protocol = 'http:';
-  if (base.protocol === 'wss:') base.protocol = 'https:';
-  const url = `${base.origin}${base.pathname.replace(/\/+$/, '')}${REGISTRY_PATHS[mode]}`;
-  const where = `GET ${safeOrigin(base)}${new URL(url).pathname}`;
-  const { request } = await import('undici');
-  const dispatcher = await ctx.proxy.dispatcherFor(base, ctx.tls);
-  let status: number;
-  let body: unknown;
+  const dispatcher = await ctx.proxy.dispatcherFor(ctx.config.apiUrl, ctx.tls);
   try {
-    const res = await request(url, {
-      method: 'GET',
-      headers: { authorization: `Bearer ${ctx.config.token()}`, 'user-agent': ctx.userAgent, accept: 'application/json' },
+    const result = await probeRegistry({
+      mode,
+      apiUrl: ctx.config.apiUrl,
+      token: ctx.config.token,
+      userAgent: ctx.userAgent,
       dispatcher,
-      signal,
+      name: ctx.config.wolfId,
+      ...(ctx.config.sandboxId !== undefined ? { sandboxId: ctx.config.sandboxId } : {}),
+      timeoutMs: ctx.flags.timeoutMs,
+      clock: systemClock,
     });
-    status = res.statusCode;
-    const text = await res.body.text();
-    try {
-      body = JSON.parse(text);
-    } catch {
-      body = undefined;
-    }
-  } catch (err) {
     signal.throwIfAborted();
-    throw new StepFailure(ErrorCodes.REGISTRY_FAILED, `${where} failed (${errnoOf(err) || (err as Error).message})`, 'see the steps above', { cause: err });
+    if (!result.ok) throw new StepFailure((result.code ?? ErrorCodes.REGISTRY_FAILED) as ErrorCode, result.detail, registryFix(ctx, result.code));
+    return result.detail;
   } finally {
     void dispatcher.close().catch(() => undefined);
   }
-  if (status === 401 || status === 403) {
-    throw new StepFailure(ErrorCodes.AUTH_REJECTED, `${where} answered HTTP ${status}`, `the registry refuses the token: check ${tokenSource(ctx.config)}`);
-  }
-  if (status === 404) {
-    throw new StepFailure(
-      ErrorCodes.REGISTRY_FAILED,
-      `${where} answered HTTP 404: this control plane has no ${mode} registry`,
-      'check --registry / REVDIAL_REGISTRY (or --register)',
-    );
-  }
-  if (status < 200 || status >= 300 || !Array.isArray(body)) {
-    throw new StepFailure(
-      ErrorCodes.REGISTRY_FAILED,
-      `${where} answered HTTP ${status}${Array.isArray(body) ? '' : ' without a JSON list'}`,
-      'check the control plane',
-    );
-  }
-  return `${where} answered HTTP ${status} (${body.length} ${mode === 'sandboxes' ? 'hosts' : 'instances'} listed)`;
 }
