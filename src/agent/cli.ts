@@ -172,7 +172,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
 
   const readiness = (): Readiness => {
     // The heartbeat is detail, never the status: tunnels work without the registry.
-    const detail = heartbeat ? { registry: heartbeat.status() } : {};
+    const detail = { runnerId: config.runnerId, ...(heartbeat ? { registry: heartbeat.status() } : {}) };
     if (agent.draining) return { ready: false, reason: 'shutting down', ...detail };
     if (agent.connected) return { ready: true, ...detail };
     return { ready: false, reason: `control connection down since ${new Date(agent.disconnectedSince).toISOString()}`, ...detail };

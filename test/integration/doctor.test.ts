@@ -22,7 +22,7 @@ import type { ControlPlane } from '../../dev/control-plane/server.js';
 import { ErrorCodes } from '../../src/agent/errors.js';
 import { makeCerts } from '../helpers/certs.js';
 import { BIN, TOKEN, agentEnv, startPlane, startWolf } from '../helpers/harness.js';
-import { freePort, waitForPort } from '../helpers/ops.js';
+import { freePort, get, waitForPort } from '../helpers/ops.js';
 
 const TINYPROXY = ['/usr/bin/tinyproxy', '/usr/sbin/tinyproxy'].find((p) => spawnSync(p, ['-v']).status === 0);
 
@@ -317,4 +317,12 @@ test('an agent already connected here: the token step leaves its control connect
   const res = await plane.request('wolf-doctor', { path: '/api/v1/system/health' });
   assert.equal(res.statusCode, 200);
   res.resume();
+
+  // Its /readyz names its runner id; a doctor for another runner id is not fooled by it.
+  const ready = await get(port, '/readyz');
+  assert.equal((JSON.parse(ready.body) as { runnerId?: string }).runnerId, 'wolf-doctor');
+  const other = await doctor({ ...env, WOLF_ID: 'other', REVDIAL_METRICS_ADDR: `127.0.0.1:${port}` });
+  assert.equal(other.code, 0, other.out);
+  assert.match(line(other, '✓', 'the token is accepted'), /accepted the token for runner id wolf-other/);
+  assert.equal(upgrades, 1);
 });

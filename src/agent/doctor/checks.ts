@@ -287,20 +287,50 @@ function judgeCertificate(ctx: CheckContext, host: string, cert: DetailedPeerCer
   return undefined;
 }
 
-/** Whether an agent with this configuration answers ready on its ops address (it holds the control connection). */
-async function runningAgent(ctx: CheckContext, signal: AbortSignal): Promise<string | undefined> {
-  const addr = ctx.config.metricsAddr;
-  if (!addr || addr.port === 0) return undefined;
-  const host = addr.host === '0.0.0.0' ? '127.0.0.1' : addr.host === '::' ? '::1' : addr.host;
-  const where = formatListenAddress({ host, port: addr.port });
+/** GET /readyz of an ops address: its status and the runner id it names, or undefined when nothing answers. */
+function readyz(host: string, port: number, signal: AbortSignal): Promise<{ status: number; runnerId?: string } | undefined> {
   return new Promise((resolve) => {
-    const req = http.get({ host, port: addr.port, path: '/readyz', agent: false, timeout: 1000, signal }, (res) => {
-      res.resume();
-      resolve(res.statusCode === 200 ? where : undefined);
+    const req = http.get({ host, port, path: '/readyz', agent: false, timeout: 1000, signal }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        if (body.length < 4096) body += chunk;
+      });
+      res.on('end', () => {
+        let runnerId: string | undefined;
+        try {
+          const parsed = JSON.parse(body) as { runnerId?: unknown };
+          if (typeof parsed.runnerId === 'string') runnerId = parsed.runnerId;
+        } catch {
+          runnerId = undefined;
+        }
+        resolve({ status: res.statusCode ?? 0, ...(runnerId !== undefined ? { runnerId } : {}) });
+      });
+      res.on('error', () => resolve(undefined));
     });
     req.on('timeout', () => req.destroy());
     req.on('error', () => resolve(undefined));
   });
+}
+
+/**
+ * Where an agent with this runner id answers ready on its ops address (so it
+ * holds the control connection), or undefined. With the default address the
+ * agent may have moved up its port range, so every port of it is asked; an
+ * answer naming another runner id is another agent on this host.
+ */
+async function runningAgent(ctx: CheckContext, signal: AbortSignal): Promise<string | undefined> {
+  const addr = ctx.config.metricsAddr;
+  if (!addr || addr.port === 0) return undefined;
+  const host = addr.host === '0.0.0.0' ? '127.0.0.1' : addr.host === '::' ? '::1' : addr.host;
+  const ports = Math.max(1, (ctx.config as Config & { metricsPorts?: number }).metricsPorts ?? 1);
+  for (let port = addr.port; port < addr.port + ports && port <= 65535; port++) {
+    const answer = await readyz(host, port, signal);
+    if (answer?.status === 200 && (answer.runnerId === undefined || answer.runnerId === ctx.config.runnerId)) {
+      return formatListenAddress({ host, port });
+    }
+  }
+  return undefined;
 }
 
 /**

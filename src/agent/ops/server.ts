@@ -58,6 +58,8 @@ export interface Readiness {
   reason?: string;
   /** Shown in /readyz's body; never changes its status (e.g. the registry heartbeat). */
   registry?: unknown;
+  /** Shown in /readyz's body: which agent answers (`doctor` looks for its own runner id there). */
+  runnerId?: string;
 }
 
 export interface OpsServerOptions {
@@ -134,6 +136,7 @@ export class OpsServer {
         const body = {
           ...(r.ready ? { ready: true } : { ready: false, reason: r.reason ?? 'not ready' }),
           ...(r.registry !== undefined ? { registry: r.registry } : {}),
+          ...(r.runnerId !== undefined ? { runnerId: r.runnerId } : {}),
         };
         send(res, r.ready ? 200 : 503, 'application/json', JSON.stringify(body));
         return;
