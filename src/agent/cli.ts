@@ -30,6 +30,7 @@ import { DirectConnector } from './net/connector.js';
 import { TlsSettings } from './net/tls-context.js';
 import { Agent, type AgentObserver } from './control/supervisor.js';
 import type { SandboxHeartbeat } from './registry/sandboxes.js';
+import { PreconnectPool } from './net/preconnect.js';
 
 export const EXIT_OK = 0;
 export const EXIT_INTERNAL = 1;
@@ -148,7 +149,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       else log.warn({ caFile, error }, `Cannot load the changed CA bundle ${caFile} (${error}); keeping the previous one`);
     },
   });
-  const connector = new DirectConnector({ tls, proxy });
+  const direct = new DirectConnector({ tls, proxy });
+  const preconnect = new PreconnectPool({ connector: direct, cap: config.preconnect, log, observer: metrics });
 
   const agent = new Agent({
     apiUrl: config.apiUrl,
@@ -158,7 +160,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       token: config.token,
       userAgent: `${PROGRAM}/${VERSION}`,
       rejectUnauthorized: !config.insecureSkipTlsVerify,
-      connector,
+      connector: preconnect,
     },
     log,
     observer,
@@ -168,6 +170,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     pickupTimeoutMs: config.pickupTimeoutMs,
     localDialTimeoutMs: config.localDialTimeoutMs,
     maxTunnels: config.maxTunnels,
+    preconnect,
   });
 
   const readiness = (): Readiness => {

@@ -19,6 +19,7 @@ import { createLogger } from '../../src/agent/logger.js';
 import type { RegistryResult } from '../../src/agent/ops/metrics.js';
 import { EgressProxy, bypassesProxy, proxyConfigFromEnv, safeProxy } from '../../src/agent/net/proxy.js';
 import { DirectConnector } from '../../src/agent/net/connector.js';
+import { PreconnectPool } from '../../src/agent/net/preconnect.js';
 import { TlsSettings } from '../../src/agent/net/tls-context.js';
 import { RegistryClient } from '../../src/agent/registry/wolf-instances.js';
 import { TOKEN, readBody, startAgent, startPlane, startWolf } from '../helpers/harness.js';
@@ -230,4 +231,39 @@ test('wss through the CONNECT proxy: TLS to the control plane inside the tunnel,
   assert.equal(res.statusCode, 200);
   await readBody(res);
   assert.equal(proxy.connects(target), 2, 'control and data connection each tunnelled with CONNECT');
+});
+
+test('warm connections go through the CONNECT proxy too, and pick-ups use them', { skip: SKIP }, async (t) => {
+  const proxy = await startTinyproxy(t);
+  const plane = await startPlane(t);
+  const { local } = await startWolf(t);
+  const target = `127.0.0.1:${(plane.server.address() as AddressInfo).port}`;
+  const egress = await EgressProxy.create({ explicit: new URL(`http://${USER}:${PASSWORD}@127.0.0.1:${proxy.port}`), noProxy: '' });
+  t.after(() => egress.destroy());
+  let hits = 0;
+  const warm = new ObserverEvents();
+  const pool = new PreconnectPool({
+    connector: through(egress),
+    cap: 2,
+    log: createLogger('silent'),
+    observer: {
+      warmSize: (n) => warm.emit('size', n),
+      warmTaken: (hit) => {
+        if (hit) hits++;
+      },
+    },
+  });
+  t.after(() => pool.close());
+  const ready = warm.next('size');
+  const { runnerId } = startAgent(t, plane, local, {
+    transport: { token: () => TOKEN, userAgent: 'wolf-revdial-client/test', rejectUnauthorized: true, connector: pool },
+    preconnect: pool,
+  });
+  await plane.waitForRunner(runnerId, 10_000);
+  assert.equal(await ready, 1);
+  assert.equal(proxy.connects(target), 2, 'the control connection and a warm one, both tunnelled');
+  const res = await plane.request(runnerId, { path: '/api/v1/system/health' });
+  assert.equal(res.statusCode, 200);
+  await readBody(res);
+  assert.equal(hits, 1, 'the pick-up took the warm connection');
 });

@@ -20,6 +20,13 @@ import { PickupError, type PickupTiming, type TunnelOptions, type TunnelOutcome,
 import { type ControlPlaneTransport, connectorOf, dialWebSocket } from '../net/ws-dial.js';
 import { dialDataConnection } from '../tunnel/data-connection.js';
 
+/** Warm connections ahead of need (net/preconnect.ts): kept only while the control connection is up. */
+export interface WarmConnections {
+  start(url: URL): void;
+  stop(): void;
+  close(): void;
+}
+
 /** Every value `tunnelEnded` reports: a small fixed set, fit for a metric label. */
 export type TunnelResult =
   TunnelOutcome['result'] | 'refused_limit' | 'refused_shutdown' | 'invalid_conn_path' | 'local_dial_failed' | 'data_dial_failed' | 'pickup_timeout';
@@ -58,6 +65,8 @@ export interface AgentOptions {
   maxLineBytes?: number;
   clock?: Clock;
   observer?: AgentObserver;
+  /** The pool behind `transport.connector`, told when the control connection comes and goes. */
+  preconnect?: WarmConnections | undefined;
 }
 
 interface TunnelHandle {
@@ -68,7 +77,8 @@ interface TunnelHandle {
 const CONTROL_MAX_PAYLOAD = 1024 * 1024;
 
 export class Agent {
-  readonly #o: Required<Omit<AgentOptions, 'observer'>> & { observer: AgentObserver };
+  readonly #o: Required<Omit<AgentOptions, 'observer' | 'preconnect'>> & { observer: AgentObserver };
+  readonly #preconnect: WarmConnections | undefined;
   readonly #log: Logger;
   readonly #clock: Clock;
   readonly #controlUrl: URL;
@@ -109,6 +119,7 @@ export class Agent {
       observer: options.observer ?? {},
     };
     this.#log = options.log;
+    this.#preconnect = options.preconnect;
     this.#clock = this.#o.clock;
     this.#controlUrl = controlUrl(options.apiUrl, options.runnerId);
     const observer = this.#o.observer;
@@ -159,6 +170,7 @@ export class Agent {
     this.#draining = true;
     const reason = new RevdialError(ErrorCodes.SHUTTING_DOWN, 'agent is shutting down');
     this.#stop.abort(reason);
+    this.#preconnect?.close();
     this.#session?.close(reason);
     let cut = 0;
     if (this.#tunnels.size > 0) {
@@ -235,6 +247,8 @@ export class Agent {
         // while we were away, the moment we connect: hold them until the
         // session listens (see DialOptions.pauseOnOpen).
         pauseOnOpen: true,
+        // Never a warm socket: the pool fills only once this connection is up.
+        fresh: true,
       });
     } catch (err) {
       // Tokens get rotated: an auth failure is retried, but at the slowest pace.
@@ -261,9 +275,11 @@ export class Agent {
         `RevDial listener ready, proxying connections to local Wolf API at ${describeTarget(this.#o.local)}`,
       );
       this.#o.observer.controlConnected?.();
+      this.#preconnect?.start(this.#controlUrl);
     }
 
     const end = await session.closed;
+    this.#preconnect?.stop();
     this.#session = undefined;
     this.#disconnectedSince = this.#clock.now();
     this.#o.observer.controlDisconnected?.(end.error.code);

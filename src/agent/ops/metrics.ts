@@ -15,6 +15,7 @@ import type { Direction } from '../tunnel/bridge.js';
 import { ErrorCodes } from '../errors.js';
 import type { AgentObserver, TunnelResult } from '../control/supervisor.js';
 import type { PickupTiming } from '../tunnel/pickup.js';
+import { type PreconnectObserver, WARM_DROP_REASONS, type WarmDropReason } from '../net/preconnect.js';
 
 /** Heartbeat and registration outcomes (registry/wolf-instances.ts, registry/sandboxes.ts). */
 export type RegistryResult = 'ok' | 'not_found' | 'rejected' | 'error' | 'timeout';
@@ -81,7 +82,7 @@ export interface AgentMetricsOptions {
   defaultMetrics?: boolean;
 }
 
-export class AgentMetrics implements AgentObserver, RegistryObserver {
+export class AgentMetrics implements AgentObserver, RegistryObserver, PreconnectObserver {
   readonly registry = new Registry();
   readonly #connected: Gauge;
   readonly #connects: Counter;
@@ -100,6 +101,9 @@ export class AgentMetrics implements AgentObserver, RegistryObserver {
   readonly #heartbeatSeconds: Histogram;
   readonly #heartbeatFailures: Gauge;
   readonly #heartbeatOkAt: Gauge;
+  readonly #warm: Gauge;
+  readonly #warmTaken: Counter<'result'>;
+  readonly #warmDropped: Counter<'reason'>;
 
   constructor(options: AgentMetricsOptions = {}) {
     const registers = [this.registry];
@@ -189,6 +193,27 @@ export class AgentMetrics implements AgentObserver, RegistryObserver {
       registers,
     });
 
+    this.#warm = new Gauge({
+      name: 'revdial_preconnect_warm',
+      help: 'Warm connections to the control plane ready now (--preconnect).',
+      registers,
+    });
+    this.#warmTaken = new Counter({
+      name: 'revdial_preconnect_requests_total',
+      help: 'Data connections that asked the preconnect pool for a socket: hit got a warm one, miss dialled a new one.',
+      labelNames: ['result'],
+      registers,
+    });
+    this.#warmDropped = new Counter({
+      name: 'revdial_preconnect_dropped_total',
+      help: 'Warm connections closed unused, by reason: aged (replaced before idle timeouts), closed (by the peer), unexpected_data, stopped (control connection down, shutdown).',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.#warm.set(0);
+    for (const result of ['hit', 'miss']) this.#warmTaken.inc({ result }, 0);
+    for (const reason of WARM_DROP_REASONS) this.#warmDropped.inc({ reason }, 0);
+
     this.#connected.set(0);
     this.#heartbeatFailures.set(0);
     this.#heartbeatOkAt.set(0);
@@ -254,6 +279,18 @@ export class AgentMetrics implements AgentObserver, RegistryObserver {
 
   heartbeat(result: RegistryResult): void {
     this.#heartbeats.inc({ result });
+  }
+
+  warmSize(size: number): void {
+    this.#warm.set(size);
+  }
+
+  warmTaken(hit: boolean): void {
+    this.#warmTaken.inc({ result: hit ? 'hit' : 'miss' });
+  }
+
+  warmDropped(reason: WarmDropReason): void {
+    this.#warmDropped.inc({ reason });
   }
 
   registered(registered: boolean): void {
