@@ -51,6 +51,9 @@ test(`restart storm: ${RESTARTS} control-plane kills, each served again within 2
     WOLF_ID: 'storm',
     WOLF_LOCAL_ADDR: local,
     REVDIAL_RECONNECT_MAX: '1',
+    // One warm connection at most, so the agent at rest holds a known number
+    // of sockets and the pool's own churn through the storm is leak-checked too.
+    REVDIAL_PRECONNECT: '1',
   });
   const argv = cmdline(agent.child.pid!);
   guardTokens('agent argv', () => argv);
@@ -60,15 +63,16 @@ test(`restart storm: ${RESTARTS} control-plane kills, each served again within 2
   assert.equal(first.status, 200);
   // Settle: one more request so lazily created things (DNS cache, pools) exist before the baseline.
   assert.equal((await plane.fetch(runnerId, '/api/v1/system/health')).status, 200);
-  // The baseline is the agent at rest: only the control connection open. Right
-  // after a response, its tunnel may still be closing (socket and backstop timer).
+  // The baseline is the agent at rest: the control connection and one warm
+  // connection open. Right after a response, its tunnel may still be closing
+  // (socket and backstop timer), and the warm one being replaced.
   let baseline = await agent.probe();
   const settleBy = Date.now() + 10_000;
-  while (baseline.resources.TCPSocketWrap !== 1 && Date.now() < settleBy) {
+  while (baseline.resources.TCPSocketWrap !== 2 && Date.now() < settleBy) {
     await delay(100);
     baseline = await agent.probe();
   }
-  assert.equal(baseline.resources.TCPSocketWrap, 1, 'at rest the agent holds only its control connection');
+  assert.equal(baseline.resources.TCPSocketWrap, 2, 'at rest the agent holds its control connection and one warm connection');
   t.diagnostic(`baseline: ${JSON.stringify(baseline)}`);
 
   const servedMs: number[] = [];

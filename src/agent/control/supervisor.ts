@@ -351,7 +351,7 @@ export class Agent {
       log.debug({ path: url.pathname }, 'conn-ready: picking up');
       const pair = await pickUp(
         {
-          dialData: (signal) =>
+          dialData: (signal, localReady) =>
             dialDataConnection(connectorOf(this.#o.transport), url, signal, {
               token: this.#o.transport.token,
               userAgent: this.#o.transport.userAgent,
@@ -359,6 +359,9 @@ export class Agent {
               clock: this.#clock,
               pingIntervalMs: this.#o.pingIntervalMs,
               pingTimeoutMs: this.#o.pingTimeoutMs,
+              upgradeAfter: localReady,
+              onStale: (err) =>
+                log.info({ code: codeOf(err) }, `Warm connection was dead at use; retrying the pick-up on a fresh one: ${describe(err, 200)}`),
             }),
           dialLocal: (signal) =>
             dialLocal(this.#o.local, {

@@ -805,6 +805,13 @@ export interface DataSocketSource {
 export interface DialDataOptions extends Omit<DataConnectionOptions, 'token' | 'signal'> {
   /** Read for each upgrade, so a rotated token file is honoured by the next one. */
   token: () => string;
+  /**
+   * The upgrade is sent only once this resolves (the socket is got
+   * meanwhile): the pick-up passes "Wolf is connected", see PickupDialers.
+   */
+  upgradeAfter?: Promise<void>;
+  /** Told when a warm socket was found dead and the dial goes again on a fresh one. */
+  onStale?: (err: unknown) => void;
 }
 
 /**
@@ -814,12 +821,23 @@ export interface DialDataOptions extends Omit<DataConnectionOptions, 'token' | '
  * request the control plane holds must not fail for that.
  */
 export async function dialDataConnection(source: DataSocketSource, url: URL, signal: AbortSignal, options: DialDataOptions): Promise<DataConnection> {
+  const { upgradeAfter, onStale, ...upgrade } = options;
   const first = await source.connect(url, signal);
+  if (upgradeAfter) {
+    try {
+      await upgradeAfter;
+      signal.throwIfAborted();
+    } catch (err) {
+      first.socket.destroy();
+      throw err;
+    }
+  }
   try {
-    return await openDataConnection(first.socket, url, { ...options, token: options.token(), signal });
+    return await openDataConnection(first.socket, url, { ...upgrade, token: options.token(), signal });
   } catch (err) {
     if (!first.warm || codeOf(err) !== ErrorCodes.DATA_SOCKET_STALE || signal.aborted) throw err;
+    onStale?.(err);
   }
   const fresh = await source.connect(url, signal, { fresh: true });
-  return openDataConnection(fresh.socket, url, { ...options, token: options.token(), signal });
+  return openDataConnection(fresh.socket, url, { ...upgrade, token: options.token(), signal });
 }

@@ -10,8 +10,15 @@ import { type Clock, systemClock } from '../clock.js';
 import { ErrorCodes, RevdialError, codeOf } from '../errors.js';
 
 export interface PickupDialers {
-  /** Dials the data connection back to the control plane (handed over paused). */
-  dialData(signal: AbortSignal): Promise<DataConnection>;
+  /**
+   * Dials the data connection back to the control plane (handed over paused). `localReady`
+   * resolves once the local leg is connected: the upgrade request should wait
+   * for it (the TCP and TLS handshakes need not), so that when Wolf cannot be
+   * reached the control plane gets `pickup-failed` with the reason instead of
+   * a data connection that opens and drops (with a warm connection the
+   * upgrade would otherwise win the race).
+   */
+  dialData(signal: AbortSignal, localReady: Promise<void>): Promise<DataConnection>;
   /** Dials the local Wolf API. */
   dialLocal(signal: AbortSignal): Promise<Socket>;
 }
@@ -82,7 +89,10 @@ export async function pickUp(
       throw err;
     },
   );
-  const dataLeg = dialers.dialData(cancel.signal).catch((err: unknown) => {
+  const localReady = localLeg.then(() => undefined);
+  // Its failure is the local leg's, reported there.
+  localReady.catch(() => undefined);
+  const dataLeg = dialers.dialData(cancel.signal, localReady).catch((err: unknown) => {
     fail('data', err);
     throw err;
   });
