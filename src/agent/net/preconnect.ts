@@ -313,15 +313,15 @@ export class PreconnectPool implements ControlPlaneConnector {
   }
 
   #dropAll(reason: WarmDropReason): void {
-    while (this.#idle.length > 0) this.#drop(this.#idle[0] as Warm, reason);
+    for (let warm = this.#idle[0]; warm !== undefined; warm = this.#idle[0]) this.#drop(warm, reason);
   }
 
   #recordDemand(): void {
     const second = Math.floor(this.#clock.now() / 1000);
     const last = this.#demand[this.#demand.length - 1];
-    if (last && last[0] === second) last[1]++;
+    if (last?.[0] === second) last[1]++;
     else this.#demand.push([second, 1]);
-    while (this.#demand.length > 0 && (this.#demand[0] as [number, number])[0] <= second - DEMAND_WINDOW_S) this.#demand.shift();
+    while ((this.#demand[0]?.[0] ?? Infinity) <= second - DEMAND_WINDOW_S) this.#demand.shift();
   }
 
   #peakDemand(): number {
