@@ -353,7 +353,7 @@ export class Agent {
         {
           dialData: (signal, localReady) =>
             dialDataConnection(connectorOf(this.#o.transport), url, signal, {
-              token: this.#o.transport.token,
+              token: () => this.#o.transport.token(),
               userAgent: this.#o.transport.userAgent,
               handshakeTimeoutMs: this.#o.pickupTimeoutMs,
               clock: this.#clock,
