@@ -14,6 +14,7 @@
  *   npm run bench -- --node-args '--trace-gc' --agent-log /tmp/agent.log
  *                                  experiments: runs build/wolf-revdial-client.cjs (what bin/ runs) with these Node flags, keeps its output
  *   npm run bench -- --runs 5 --duration 8 --bulk-mib 1024 --idle 1000
+ *   npm run bench -- --tls-cost    client CPU per TLS connection: new context, shared, resumed 1.3 / 1.2 (bench/tls-cost.ts)
  *   npm run bench -- --wan         across a real round trip, TLS on, in network namespaces (bench/wan/run.ts)
  */
 import { type ChildProcess, execFileSync, fork, spawn } from 'node:child_process';
@@ -658,6 +659,12 @@ async function main(): Promise<void> {
 
 function cleanup(): void {
   for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+}
+
+if (process.argv.includes('--tls-cost')) {
+  // Client CPU per TLS connection by how the agent dials (bench/tls-cost.ts).
+  const { runTlsCost } = await import('./tls-cost.js');
+  process.exit(await runTlsCost(process.argv.slice(2)));
 }
 
 if (process.argv.includes('--wan')) {
