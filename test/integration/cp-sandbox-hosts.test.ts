@@ -117,14 +117,14 @@ test('the reaper marks hosts silent for 5 minutes offline, sweeping every minute
   await call(base, 'POST', '/api/v1/sandboxes/quiet/heartbeat', TOKEN, {});
   clock.tick(59_999);
   assert.equal(fleet.hosts.get('reaped')?.status, 'online', '4:59.999 silent: still online');
-  const offline = once(fleet.hosts, 'status') as Promise<[SandboxHost, string, string]>;
+  const offline = once(fleet.hosts, 'status', { signal: AbortSignal.timeout(15_000) }) as Promise<[SandboxHost, string, string]>;
   clock.tick(1);
   const [host, previous] = await offline;
   assert.deepEqual([host.id, previous, host.status], ['reaped', 'online', 'offline']);
   assert.equal(fleet.hosts.get('quiet')?.status, 'online', 'beat a minute ago');
 
   // The agent reconnects: the plane flips the host back online.
-  const back = once(fleet.hosts, 'registered') as Promise<[SandboxHost, { again: boolean }]>;
+  const back = once(fleet.hosts, 'registered', { signal: AbortSignal.timeout(15_000) }) as Promise<[SandboxHost, { again: boolean }]>;
   fleet.plane.dialer('hydra-reaped')?.terminate();
   const [again, how] = await back;
   assert.deepEqual([again.id, again.status, how.again], ['reaped', 'online', true]);

@@ -27,6 +27,8 @@ import { call } from '../helpers/control-plane.js';
 import { LogCapture, ManualClock, TOKEN, readBody, startAgent, startPlane, startWolf } from '../helpers/harness.js';
 import { sample } from '../helpers/ops.js';
 
+// Every wait below has a time limit: a regression fails with a stack naming the wait instead of hanging.
+
 /** Metrics that also keep every heartbeat result, in order. */
 class Observed extends AgentMetrics {
   readonly results: RegistryResult[] = [];
@@ -135,7 +137,7 @@ async function afterBeat(s: Setup, n: number): Promise<RegistryResult> {
 }
 
 function nextBeat(hosts: SandboxHosts): Promise<[SandboxHost, HeartbeatBody]> {
-  return once(hosts, 'heartbeat') as Promise<[SandboxHost, HeartbeatBody]>;
+  return once(hosts, 'heartbeat', { signal: AbortSignal.timeout(15_000) }) as Promise<[SandboxHost, HeartbeatBody]>;
 }
 
 const alertOf = (pct: number): string => (pct >= 95 ? 'critical' : pct >= 80 ? 'warning' : 'ok');
@@ -245,7 +247,7 @@ test('a plane that forgets the host (DELETE, then a restart) learns it again on 
 
   // Forgotten: heartbeats are answered 200 and change nothing.
   assert.deepEqual((await call(s.plane.url, 'DELETE', `/api/v1/sandboxes/${id}`, TOKEN)).body, { status: 'deleted' });
-  const ignored = once(s.hosts, 'ignored-heartbeat') as Promise<[string, HeartbeatBody]>;
+  const ignored = once(s.hosts, 'ignored-heartbeat', { signal: AbortSignal.timeout(15_000) }) as Promise<[string, HeartbeatBody]>;
   s.clock.tick(30_000);
   assert.equal((await ignored)[0], id);
   assert.equal(await afterBeat(s, 2), 'ok');
@@ -253,7 +255,7 @@ test('a plane that forgets the host (DELETE, then a restart) learns it again on 
 
   // The next control connection registers it again, and the beat goes at once (no tick).
   beat = nextBeat(s.hosts);
-  const registered = once(s.hosts, 'registered') as Promise<[SandboxHost, { again: boolean }]>;
+  const registered = once(s.hosts, 'registered', { signal: AbortSignal.timeout(15_000) }) as Promise<[SandboxHost, { again: boolean }]>;
   s.plane.dialer(s.runnerId)?.terminate();
   const [again, how] = await registered;
   assert.deepEqual([again.id, how.again, again.last_seen], [id, false, null]);
@@ -333,15 +335,18 @@ test('a hung endpoint: each call cut at its time limit, retried with back-off, a
   const closed: Promise<unknown>[] = [];
   const s = await setup(t, { requestTimeoutMs: 5_000 }, (req, res) => {
     held.push(req);
-    closed.push(once(res, 'close'));
+    closed.push(once(res, 'close', { signal: AbortSignal.timeout(15_000) }));
   });
   t.after(() => {
     for (const r of held) r.destroy();
   });
-  const arrived = (n: number): Promise<void> =>
-    (async () => {
-      while (held.length < n) await new Promise((resolve) => setImmediate(resolve));
-    })();
+  const arrived = async (n: number): Promise<void> => {
+    const deadline = Date.now() + 10_000;
+    while (held.length < n) {
+      if (Date.now() > deadline) throw new Error(`heartbeat ${n} never reached the plane`);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  };
   connect(t, s);
   await arrived(1);
   await s.plane.waitForRunner(s.runnerId, 10_000);
@@ -385,7 +390,7 @@ test('stop(limit) deregisters with DELETE (--deregister-on-exit); stop() leaves 
   connect(t, s);
   await beat;
   await afterBeat(s, 1);
-  const deleted = once(s.hosts, 'deleted') as Promise<[string, boolean]>;
+  const deleted = once(s.hosts, 'deleted', { signal: AbortSignal.timeout(15_000) }) as Promise<[string, boolean]>;
   await s.hb.stop(1_000);
   assert.deepEqual(await deleted, [s.hb.sandboxId, true]);
   assert.deepEqual(s.hosts.list(), []);

@@ -204,7 +204,7 @@ test('the executable with REVDIAL_REGISTRY=sandboxes: beat at connect, /readyz d
       ...extra,
     });
 
-  const beat = once(hosts, 'heartbeat') as Promise<[SandboxHost, HeartbeatBody]>;
+  const beat = once(hosts, 'heartbeat', { signal: AbortSignal.timeout(15_000) }) as Promise<[SandboxHost, HeartbeatBody]>;
   const agent = spawnAgent(t, env('exe-1', { REVDIAL_DEREGISTER_ON_EXIT: 'true', REVDIAL_GPU_TYPE: 'amd', REVDIAL_RENDER_NODE: '/dev/dri/renderD130' }));
   const serving = await agent.logs.waitFor((l) => typeof l.metricsAddr === 'string', 15_000);
   const port = Number(String(serving.metricsAddr).split(':').pop());
@@ -226,13 +226,13 @@ test('the executable with REVDIAL_REGISTRY=sandboxes: beat at connect, /readyz d
   assert.equal(sample(metrics, 'revdial_registry_heartbeat_duration_seconds_count'), 1);
   assert.ok((sample(metrics, 'revdial_registry_last_heartbeat_ok_timestamp_seconds') ?? 0) > 0);
 
-  const deleted = once(hosts, 'deleted') as Promise<[string, boolean]>;
+  const deleted = once(hosts, 'deleted', { signal: AbortSignal.timeout(15_000) }) as Promise<[string, boolean]>;
   agent.child.kill('SIGTERM');
   assert.deepEqual(await deleted, ['exe-1', true]);
   assert.equal((await agent.exited).code, 0);
 
   // Without the flag the host stays listed, as the production host software leaves it.
-  const beat2 = once(hosts, 'heartbeat');
+  const beat2 = once(hosts, 'heartbeat', { signal: AbortSignal.timeout(15_000) });
   const keeper = spawnAgent(t, env('exe-2', {}));
   await beat2;
   await keeper.logs.waitFor((l) => l.msg === 'Heartbeat sent to the control plane (sandboxes API)');
