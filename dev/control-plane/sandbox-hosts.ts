@@ -82,7 +82,8 @@ export interface SandboxHostsOptions {
 /**
  * Events: 'registered' (host, { again: boolean }) on a control connection,
  * 'heartbeat' (host, body) for a known host, 'ignored-heartbeat' (id, body)
- * for an unknown one, 'status' (host, previous, reason), 'deleted' (id, existed).
+ * for an unknown one, 'status' (host, previous, reason), 'deleted' (id, existed),
+ * 'upserted' (host) on `POST /register`.
  */
 export class SandboxHosts extends EventEmitter {
   readonly #byId = new Map<string, SandboxHost>();
@@ -177,6 +178,7 @@ export class SandboxHosts extends EventEmitter {
       updated_at: now,
     };
     this.#byId.set(id, host);
+    this.emit('upserted', { ...host });
     return { ...host };
   }
 

@@ -192,6 +192,9 @@ test('the executable with REVDIAL_REGISTRY=sandboxes: beat at connect, /readyz d
   const hosts = new SandboxHosts();
   installSandboxHostsApi(plane, hosts, { authorize: (tok) => tok === TOKEN });
   const { local } = await startWolf(t);
+  // POST /api/v1/sandboxes/register is a full-row upsert that would blank the host's fields: never called.
+  let upserts = 0;
+  hosts.on('upserted', () => upserts++);
   const env = (id: string, extra: Record<string, string>): NodeJS.ProcessEnv =>
     agentEnv({
       HELIX_API_URL: plane.url,
@@ -242,4 +245,5 @@ test('the executable with REVDIAL_REGISTRY=sandboxes: beat at connect, /readyz d
     hosts.list().map((h) => h.id),
     ['exe-2'],
   );
+  assert.equal(upserts, 0);
 });
