@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { type StatsFs, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { statfs } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -148,8 +148,19 @@ test('registered by the control connection, first beat at connect, with GPU fact
   writeFileSync(extra, JSON.stringify({ desktop_versions: { sway: 'sha256:aaa' }, instance_type: 'test-box', privileged_mode_enabled: false }));
   const gpu = detectGpu(intelHost(dir));
   assert.deepEqual(gpu, { vendor: 'intel', renderNode: '/dev/dri/renderD129' });
-  const s = await setup(t, { gpu, extraFile: extra });
-  const before = await Promise.all(['/', '/var'].map((p) => statfs(p)));
+  // The agent's own statfs calls, recorded: other processes write to these disks while the
+  // test runs, so the figures are checked against the very statfs answer they came from
+  // (plus the test's own statfs for the sizes, which do not move).
+  const seen = new Map<string, StatsFs>();
+  const s = await setup(t, {
+    gpu,
+    extraFile: extra,
+    statfs: async (path) => {
+      const r = await statfs(path);
+      seen.set(path, r);
+      return r;
+    },
+  });
 
   const order: string[] = [];
   s.hosts.on('registered', () => order.push('registered'));
@@ -158,7 +169,7 @@ test('registered by the control connection, first beat at connect, with GPU fact
   connect(t, s);
   // Nothing ticks the client's clock: only the control connection can have sent this beat.
   const [host, body] = await beat;
-  const after = await Promise.all(['/', '/var'].map((p) => statfs(p)));
+  const mine = await Promise.all(['/', '/var'].map((p) => statfs(p)));
   assert.deepEqual(order, ['registered', 'heartbeat']);
   assert.equal(host.id, s.hb.sandboxId);
   assert.equal(`hydra-${host.id}`, s.runnerId);
@@ -177,15 +188,16 @@ test('registered by the control connection, first beat at connect, with GPU fact
     disks.map((d) => d.mount_point),
     ['/', '/var'],
   );
+  assert.deepEqual([...seen.keys()], ['/', '/var']);
   disks.forEach((d, k) => {
-    const [b, a] = [before[k]!, after[k]!];
-    // used = total - free (f_bfree), avail from f_bavail: the disk may move between
-    // the test's statfs calls and the agent's, so its figures must lie between them.
-    assert.equal(d.total_bytes, b.blocks * b.bsize);
-    const used = [b, a].map((f) => (f.blocks - f.bfree) * f.bsize);
-    const avail = [b, a].map((f) => f.bavail * f.bsize);
-    assert.ok(d.used_bytes >= Math.min(...used) && d.used_bytes <= Math.max(...used), `${d.mount_point} used ${d.used_bytes} not in ${used.join('..')}`);
-    assert.ok(d.avail_bytes >= Math.min(...avail) && d.avail_bytes <= Math.max(...avail), `${d.mount_point} avail ${d.avail_bytes} not in ${avail.join('..')}`);
+    const f = seen.get(d.mount_point)!;
+    const own = mine[k]!;
+    // The production sender's formula: used = total - free (f_bfree), avail from f_bavail.
+    assert.equal(d.total_bytes, f.blocks * f.bsize);
+    assert.equal(d.total_bytes, own.blocks * own.bsize, 'the same disk as the test sees');
+    assert.equal(d.used_bytes, (f.blocks - f.bfree) * f.bsize);
+    assert.equal(d.avail_bytes, f.bavail * f.bsize);
+    assert.ok(d.avail_bytes <= d.total_bytes - d.used_bytes, 'f_bavail excludes the reserved blocks');
     assert.equal(d.used_percent, (d.used_bytes / d.total_bytes) * 100);
     assert.equal(d.alert_level, alertOf(d.used_percent));
   });
