@@ -52,14 +52,16 @@ interface Options {
   concurrency: number[];
   bulkBytes: number;
   bulkRuns: number;
+  /** How long each agent's idle CPU is sampled, right after it connected. */
+  idleMs: number;
   link?: LinkKind;
 }
 
 function parseArgs(argv: string[]): Options {
   const smoke = argv.includes('--smoke');
   const o: Options = smoke
-    ? { smoke, rtts: [0, 30], runs: 1, durationS: 3, concurrency: [1, 32], bulkBytes: 64 * MiB, bulkRuns: 1 }
-    : { smoke, rtts: [0, 30], runs: 3, durationS: 6, concurrency: [1, 32], bulkBytes: GiB, bulkRuns: 1 };
+    ? { smoke, rtts: [0, 30], runs: 1, durationS: 2, concurrency: [1, 32], bulkBytes: 64 * MiB, bulkRuns: 1, idleMs: 2000 }
+    : { smoke, rtts: [0, 30], runs: 3, durationS: 6, concurrency: [1, 32], bulkBytes: GiB, bulkRuns: 1, idleMs: 5000 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = (): string => String(argv[++i]);
@@ -246,6 +248,7 @@ function printRtt(r: RttResult, o: Options): string {
     rows.push([`c=${c} p99 per request`, `p99 c=${c}`, inRtt]);
     rows.push([`c=${c} agent CPU per tunnel (ms)`, `cpu c=${c}`, (v) => fmt(v, 3)]);
   }
+  rows.push(['agent CPU idle, before any load (ms/s)', 'idle cpu', (v) => fmt(v, 2)]);
   const bulkMiB = o.bulkBytes / MiB;
   rows.push([`download ${bulkMiB} MiB (MiB/s)`, 'bulk down', (v) => fmt(v, 1)]);
   rows.push(['download agent CPU-s per GiB', 'bulk down cpu', (v) => fmt(v, 2)]);
@@ -355,6 +358,14 @@ async function runAtRtt(o: Options, rttMs: number, agentFlags: string, tmp: stri
       agents.push(a);
     }
     say(`plane ${apiUrl} (TLS, private CA); agents ${agents.map((a) => `${a.variant.label} pid ${a.pid}`).join(', ')}; wolf unix://${wolfSocket}`);
+
+    // What each agent spends with no request at all (pings, timers, warm connections kept):
+    // part of every per-tunnel figure, and most of it at low request rates.
+    const idle0 = agents.map((a) => cpuSeconds(a.pid));
+    const idleT0 = process.hrtime.bigint();
+    await new Promise((r) => setTimeout(r, o.idleMs));
+    const idleS = Number(process.hrtime.bigint() - idleT0) / 1e9;
+    agents.forEach((a, i) => push(figs, 'idle cpu', a.variant.key, ((cpuSeconds(a.pid) - (idle0[i] ?? 0)) / idleS) * 1e3));
 
     // Warm-up: each path, a second at c=8 (TLS sessions, the pool's demand estimate, JIT).
     await wrk(lab, script, directFront, 8, 1);
