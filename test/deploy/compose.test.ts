@@ -94,7 +94,7 @@ describe('docker-compose.example.yaml', () => {
       const port = (server.address() as AddressInfo).port;
       // Same script, pointed at this server instead of 9464 (which may be taken here).
       const argv = t0.slice(2).map((a) => a.replace('127.0.0.1:9464', `127.0.0.1:${port}`));
-      const child = spawn(join(root, 'node_modules/.bin/node'), argv, { stdio: 'ignore' });
+      const child = spawn(process.execPath, argv, { stdio: 'ignore' });
       const code = await new Promise<number | null>((done) => child.on('exit', done));
       assert.equal(code, expected, `HTTP ${status} -> exit ${expected}`);
     }

@@ -20,7 +20,8 @@ import { parse, parseAllDocuments } from 'yaml';
 import { ErrorCodes } from '../../src/agent/errors.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
-const nodeBin = join(root, 'node_modules/.bin/node');
+// The Node running the tests: node_modules/.bin/node under npm scripts on Linux x64.
+const nodeBin = process.execPath;
 const entry = join(root, 'build/src/agent/main.js');
 
 /** Variables of other programs the guide has to name (Wolf's own settings). */

@@ -93,6 +93,8 @@ export class RegistryClient {
     }
   }
 
+  // A schedule, not a retry of one operation, so no p-retry here: each outcome
+  // has its own fixed pace (README, "Dependencies").
   async #run(): Promise<void> {
     const signal = this.#stop.signal;
     const registerRetryMs = this.#o.registerRetryMs ?? Math.min(this.#o.heartbeatIntervalMs, 30_000);
