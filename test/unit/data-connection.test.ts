@@ -214,7 +214,9 @@ class Recorder implements DataConnectionHandler {
     this.chunks.push(Buffer.from(chunk));
     this.onData?.(chunk);
   }
-  drain(): void {}
+  drain(): void {
+    /* nothing queued in this sink */
+  }
   end(error: RevdialError | undefined): void {
     assert.equal(this.closeCalls, 0, 'end comes before close');
     this.endCalls++;
@@ -802,7 +804,9 @@ test('liveness: silence while the owner holds reading paused (Wolf not reading) 
 /** A socket stand-in whose reads the test delivers chunk by chunk, exactly as split. */
 class ChunkedSocket extends Duplex {
   readonly written: Buffer[] = [];
-  override _read(): void {}
+  override _read(): void {
+    /* data is pushed by the test */
+  }
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
     this.written.push(chunk);
     cb();

@@ -15,7 +15,7 @@ import { TlsSettings } from './tls-context.js';
 /** What every connection to the control plane shares: credentials, TLS, proxy. */
 export interface ControlPlaneTransport {
   /** Called for each dial (at upgrade time), so a rotated token file is picked up by the next upgrade. */
-  token(): string;
+  token: () => string;
   userAgent: string;
   /**
    * Where sockets come from (TLS, proxy, warm pool: connector.ts). Without

@@ -136,7 +136,7 @@ class Upgrade {
   readonly #options: DataConnectionOptions;
   readonly #clock: Clock;
   readonly #key: string;
-  #head: Buffer<ArrayBufferLike> | undefined;
+  #head: Buffer | undefined;
   #received = 0;
   #timer: Timer | undefined;
   #settled = false;
@@ -163,6 +163,7 @@ class Upgrade {
       return;
     }
     // A token with a control character would split the request (or make Node throw).
+    // eslint-disable-next-line no-control-regex -- control characters are what this looks for
     if (!/^[\x21-\x7e]*$/.test(options.token) || /[\x00-\x1f\x7f]/.test(options.userAgent)) {
       this.#fail(
         new RevdialError(ErrorCodes.CONFIG_INVALID, 'RUNNER_TOKEN or the user agent holds a character not allowed in an HTTP header: check the token (file)'),
@@ -369,7 +370,9 @@ class Upgrade {
   }
 }
 
-function ignoreError(): void {}
+function ignoreError(): void {
+  /* the owner's own 'error' listener reports it */
+}
 
 /** The data of a chunked body, as far as it arrived (a preview: malformed input gives what it can). */
 function dechunk(raw: Buffer): Buffer {
