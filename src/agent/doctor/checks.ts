@@ -323,7 +323,9 @@ async function runningAgent(ctx: CheckContext, signal: AbortSignal): Promise<str
   const addr = ctx.config.metricsAddr;
   if (!addr || addr.port === 0) return undefined;
   const host = addr.host === '0.0.0.0' ? '127.0.0.1' : addr.host === '::' ? '::1' : addr.host;
-  const ports = Math.max(1, (ctx.config as Config & { metricsPorts?: number }).metricsPorts ?? 1);
+  // `metricsPorts` (how far up the default address may have moved) exists once the port range does.
+  const declared: unknown = (ctx.config as unknown as Record<string, unknown>).metricsPorts;
+  const ports = typeof declared === 'number' && declared > 1 ? Math.min(declared, 64) : 1;
   for (let port = addr.port; port < addr.port + ports && port <= 65535; port++) {
     const answer = await readyz(host, port, signal);
     if (answer?.status === 200 && (answer.runnerId === undefined || answer.runnerId === ctx.config.runnerId)) {
