@@ -215,7 +215,7 @@ class Recorder implements DataConnectionHandler {
     this.onData?.(chunk);
   }
   drain(): void {
-    /* nothing queued in this sink */
+    // Backpressure is tested on its own below.
   }
   end(error: RevdialError | undefined): void {
     assert.equal(this.closeCalls, 0, 'end comes before close');
@@ -805,7 +805,7 @@ test('liveness: silence while the owner holds reading paused (Wolf not reading) 
 class ChunkedSocket extends Duplex {
   readonly written: Buffer[] = [];
   override _read(): void {
-    /* data is pushed by the test */
+    // The test emits 'data' itself.
   }
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: () => void): void {
     this.written.push(chunk);

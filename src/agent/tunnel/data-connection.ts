@@ -165,8 +165,7 @@ class Upgrade {
       return;
     }
     // A token with a control character would split the request (or make Node throw).
-    // eslint-disable-next-line no-control-regex -- control characters are what this looks for
-    if (!/^[\x21-\x7e]*$/.test(options.token) || /[\x00-\x1f\x7f]/.test(options.userAgent)) {
+    if (!/^[\x21-\x7e]*$/.test(options.token) || !/^[\x20-\x7e]*$/.test(options.userAgent)) {
       this.#fail(
         new RevdialError(ErrorCodes.CONFIG_INVALID, 'RUNNER_TOKEN or the user agent holds a character not allowed in an HTTP header: check the token (file)'),
       );
@@ -373,7 +372,7 @@ class Upgrade {
 }
 
 function ignoreError(): void {
-  /* the owner's own 'error' listener reports it */
+  // Nothing to do: the failure was already reported.
 }
 
 /** The data of a chunked body, as far as it arrived (a preview: malformed input gives what it can). */
