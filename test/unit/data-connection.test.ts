@@ -333,10 +333,17 @@ test('a chunked refusal body is previewed without its chunk sizes, even when the
     u.socket.write('HTTP/1.1 502 Bad Gateway\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nupstr\r\n8\r\neam gone\r\n0\r\n\r\n'),
   );
   const clock = new ManualClock();
-  const pending = dial(url, { clock });
-  // The body is shorter than the preview and the socket stays open: the preview waits 1 s at most.
-  await new Promise((r) => setTimeout(r, 50));
-  clock.tick(1000);
+  const state = { settled: false };
+  const pending = dial(url, { clock, handshakeTimeoutMs: 600_000 }).finally(() => {
+    state.settled = true;
+  });
+  pending.catch(() => undefined);
+  // The body is shorter than the preview and the socket stays open: the preview waits 1 s
+  // (of the injected clock) at most. Time moves a second at a time until it gives up.
+  for (let s = 0; s < 300 && !state.settled; s++) {
+    clock.tick(1000);
+    await new Promise((r) => setTimeout(r, 10));
+  }
   await assert.rejects(pending, (err: unknown) => err instanceof HandshakeRejectedError && err.status === 502 && err.body === 'upstream gone');
 });
 
@@ -418,10 +425,13 @@ test('a warm socket found dead is replaced once by a fresh one; a fresh one is n
 });
 
 test('no answer within the handshake time limit: REVDIAL_HANDSHAKE_TIMEOUT (injected clock)', async (t) => {
-  const { url } = await rawPlane(t, () => undefined);
+  let requested!: () => void;
+  const seen = new Promise<void>((resolve) => (requested = resolve));
+  const { url } = await rawPlane(t, () => requested());
   const clock = new ManualClock();
   const pending = dial(url, { clock, handshakeTimeoutMs: 3000 });
-  await new Promise((r) => setTimeout(r, 20));
+  // The timer is armed before the request is written: once the plane has it, time may move.
+  await seen;
   clock.tick(2999);
   clock.tick(1);
   await assert.rejects(pending, (err: unknown) => err instanceof RevdialError && err.code === ErrorCodes.HANDSHAKE_TIMEOUT);
@@ -785,6 +795,29 @@ test('liveness: a quiet connection whose plane answers pings is never cut', asyn
   }
   assert.equal(answered, 30);
   assert.equal(rec.endCalls, 0, 'still open after 60 s of quiet');
+  dc.terminate();
+});
+
+test('liveness: a plane that reads slowly (our bytes back up, its pongs come late) is not cut', async (t) => {
+  let up!: Upgrade;
+  const { url } = await rawPlane(t, (u) => {
+    up = u;
+    u.socket.write(switching(u.key));
+  });
+  const clock = new ManualClock();
+  const dc = await dial(url, { clock, pingIntervalMs: 1000, pingTimeoutMs: 3000 });
+  const rec = new Recorder();
+  dc.start(rec);
+  // The plane stops reading: what we send piles up in the socket.
+  up.socket.pause();
+  const block = Buffer.alloc(1024 * 1024);
+  while (dc.send(block)) {
+    /* fill up to the high-water mark */
+  }
+  for (let s = 0; s < 30; s++) clock.tick(1000);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(rec.endCalls, 0, 'backed-up bytes are not a dead path');
+  assert.ok(dc.bufferedAmount > 0);
   dc.terminate();
 });
 

@@ -59,6 +59,8 @@ const MAX_HEAD_BYTES = 16 * 1024;
 const BODY_PREVIEW_WAIT_MS = 1000;
 /** A payload length beyond this cannot be counted exactly in a JS number. */
 const MAX_SAFE_LENGTH_HIGH_WORD = 0x1fffff;
+/** Bytes taken by the kernel between two liveness ticks that show the plane is reading. */
+const PROGRESS_BYTES = 64 * 1024;
 /** The send side pauses Wolf while this much waits in the socket. */
 const DEFAULT_HIGH_WATER_MARK = 1024 * 1024;
 
@@ -430,6 +432,8 @@ export class DataConnection {
   // Liveness.
   #heard = true;
   #lastHeard: number;
+  /** Bytes the kernel had taken from this socket at the last liveness tick. */
+  #acceptedAtTick = 0;
   #pingTimer: Timer | undefined;
 
   /** @internal Made by `openDataConnection`. */
@@ -744,13 +748,26 @@ export class DataConnection {
 
   /**
    * Runs every `pingIntervalMs`. Heard something since the last tick: alive.
-   * Otherwise ping, and after `pingTimeoutMs` of silence give up. While the
-   * owner holds reading paused (Wolf is not reading), silence is ours, not
-   * the path's: the plane's pongs wait unread in the socket.
+   * Otherwise ping, and after `pingTimeoutMs` of silence give up. Two kinds
+   * of silence are not the path's:
+   * - the owner holds reading paused (Wolf is not reading): the plane's pongs
+   *   wait unread in our socket;
+   * - our own bytes are backed up (waiting in the socket, or the kernel took
+   *   at least PROGRESS_BYTES since the last tick): the plane answers a ping
+   *   only once it has read everything sent before it, and a plane whose
+   *   reader is slow answers late. While data waits unacknowledged, TCP's own
+   *   retransmission time-out watches the path.
+   * A blackholed tunnel that carries little (an event stream's keep-alives)
+   * fits neither and is closed.
    */
   #onPingTick = (): void => {
     const now = this.#clock.now();
-    if (this.#heard || this.#pausedByOwner) {
+    const socket = this.#socket;
+    // bytesWritten is undefined on a destroyed socket (Node reads its write buffer).
+    const accepted = socket.destroyed ? this.#acceptedAtTick : socket.bytesWritten - socket.writableLength;
+    const progressed = accepted - this.#acceptedAtTick >= PROGRESS_BYTES;
+    this.#acceptedAtTick = accepted;
+    if (this.#heard || this.#pausedByOwner || progressed || socket.writableLength > 0) {
       this.#heard = false;
       this.#lastHeard = now;
       return;
