@@ -6,11 +6,21 @@
  * A session lives once: when it ends, `closed` resolves with why, and the
  * supervisor dials a new one. Tunnels are not owned here, so ending a session
  * never cuts one.
+ *
+ * What the agent sends is bounded, whatever the peer does. A control plane
+ * that stops reading while it keeps sending `conn-ready` would otherwise make
+ * every `pickup-failed` pile up in memory: once `sendHighWaterBytes` wait to
+ * go out, the session stops reading from the peer (no more requests are taken
+ * in) and resumes when the queue has drained to a quarter of that; if it has
+ * not drained within `sendStallMs`, the connection is dropped
+ * (REVDIAL_CONTROL_SEND_STALLED) and the supervisor dials a new one. A
+ * message that would take the queue past `maxSendQueueBytes` is dropped.
  */
 import type { Logger } from 'pino';
 import type WebSocket from 'ws';
 import { type Clock, type Timer, systemClock } from '../clock.js';
 import { ErrorCodes, RevdialError, describe } from '../errors.js';
+import type { LogLimiter } from '../log-limiter.js';
 import { type ControlMessage, LineReader, encodeControlMessage, parseControlLine } from './framing.js';
 
 export interface ControlSessionOptions {
@@ -21,8 +31,19 @@ export interface ControlSessionOptions {
   closeBackstopMs: number;
   clock?: Clock;
   log: Logger;
+  /** Rate-limits warnings a peer can cause once per message. */
+  limiter?: LogLimiter;
+  /** Stop reading from the peer while this many bytes wait to be sent. */
+  sendHighWaterBytes?: number;
+  /** Drop messages that would take the send queue past this. */
+  maxSendQueueBytes?: number;
+  /** Drop the connection when a full send queue has not drained for this long (default: pingTimeoutMs). */
+  sendStallMs?: number;
   onConnReady: (connPath: string, session: ControlSession) => void;
 }
+
+export const DEFAULT_SEND_HIGH_WATER_BYTES = 256 * 1024;
+export const DEFAULT_MAX_SEND_QUEUE_BYTES = 1024 * 1024;
 
 export interface SessionEnd {
   error: RevdialError;
@@ -41,6 +62,16 @@ export class ControlSession {
   #pingTimer: Timer | undefined;
   #deadTimer: Timer | undefined;
   #backstop: Timer | undefined;
+  #stallTimer: Timer | undefined;
+  /** Reading is paused because the peer is not reading what we send. */
+  #sendBlocked = false;
+  /** Lines of a frame not yet dispatched when reading paused. */
+  #pendingLines: Buffer[] = [];
+  /** Frames ws had already read when reading paused (at most a socket read's worth). */
+  #heldFrames: Buffer[] = [];
+  #dropped = 0;
+  readonly #highWater: number;
+  readonly #maxQueue: number;
   #resolveClosed!: (end: SessionEnd) => void;
 
   /** Takes over an open WebSocket (see `dialWebSocket`). */
@@ -49,6 +80,8 @@ export class ControlSession {
     this.#options = options;
     this.#clock = options.clock ?? systemClock;
     this.#reader = new LineReader(options.maxLineBytes);
+    this.#highWater = options.sendHighWaterBytes ?? DEFAULT_SEND_HIGH_WATER_BYTES;
+    this.#maxQueue = Math.max(this.#highWater, options.maxSendQueueBytes ?? DEFAULT_MAX_SEND_QUEUE_BYTES);
     this.#openedAt = this.#clock.now();
     this.closed = new Promise((resolve) => {
       this.#resolveClosed = resolve;
@@ -66,15 +99,41 @@ export class ControlSession {
     return this.#ws.readyState === this.#ws.OPEN;
   }
 
-  /** Sends one control message; returns false when it could not be sent. */
+  /** Bytes waiting to be sent on the control connection. */
+  get sendQueueBytes(): number {
+    return this.#ws.bufferedAmount;
+  }
+
+  /** True while reading is paused because the peer does not read. */
+  get sendBlocked(): boolean {
+    return this.#sendBlocked;
+  }
+
+  /** Messages dropped because the send queue was full. */
+  get droppedMessages(): number {
+    return this.#dropped;
+  }
+
+  /** Sends one control message; returns false when it could not be sent (closed, too long, queue full). */
   send(msg: ControlMessage): boolean {
     const line = encodeControlMessage(msg);
     if (line === null) {
-      this.#options.log.warn({ command: msg.command }, 'control message too long to send; dropped');
+      this.#warn('control-line-too-long', { command: msg.command }, 'control message too long to send; dropped');
       return false;
     }
     if (this.#ws.readyState !== this.#ws.OPEN) return false;
-    this.#ws.send(line, { binary: true });
+    const queued = this.#ws.bufferedAmount;
+    if (queued + line.length > this.#maxQueue) {
+      this.#dropped++;
+      this.#warn(
+        'control-send-queue-full',
+        { code: ErrorCodes.CONTROL_SEND_STALLED, command: msg.command, queuedBytes: queued },
+        `control plane is not reading: ${queued} bytes wait to be sent; ${msg.command ?? 'message'} dropped`,
+      );
+      return false;
+    }
+    this.#ws.send(line, { binary: true }, this.#onSent);
+    if (!this.#sendBlocked && this.#ws.bufferedAmount >= this.#highWater) this.#blockReading();
     return true;
   }
 
@@ -86,14 +145,62 @@ export class ControlSession {
     this.#backstop ??= this.#clock.setTimeout(() => this.#ws.terminate(), this.#options.closeBackstopMs);
   }
 
+  /** Drops the connection now, without a close handshake (shutdown deadline). */
+  terminate(reason: RevdialError): void {
+    this.#fail(reason);
+  }
+
   /** Drops the connection at once: protocol errors and a dead peer. */
   #fail(reason: RevdialError): void {
     this.#endReason ??= reason;
     this.#ws.terminate();
   }
 
+  #warn(kind: string, fields: Record<string, unknown>, msg: string): void {
+    if (this.#options.limiter) this.#options.limiter.warn(this.#options.log, kind, fields, msg);
+    else this.#options.log.warn(fields, msg);
+  }
+
+  /**
+   * The peer has not read what we sent: take no more requests from it until
+   * it does. Liveness is judged by the drain now (a paused socket sees no
+   * pongs), with its own limit.
+   */
+  #blockReading(): void {
+    this.#sendBlocked = true;
+    this.#ws.pause();
+    this.#clock.clearTimeout(this.#deadTimer);
+    this.#deadTimer = undefined;
+    const stallMs = this.#options.sendStallMs ?? this.#options.pingTimeoutMs;
+    this.#stallTimer = this.#clock.setTimeout(() => {
+      this.#fail(
+        new RevdialError(
+          ErrorCodes.CONTROL_SEND_STALLED,
+          `control plane read nothing of the ${this.#ws.bufferedAmount} bytes waiting for it for ${stallMs} ms: dropping the connection`,
+        ),
+      );
+    }, stallMs);
+  }
+
+  /** A message went out to the socket: resume reading once the queue is low again. */
+  #onSent = (): void => {
+    if (!this.#sendBlocked || this.#endReason !== undefined || this.#ws.readyState !== this.#ws.OPEN) return;
+    if (this.#ws.bufferedAmount > this.#highWater / 4) return;
+    this.#sendBlocked = false;
+    this.#clock.clearTimeout(this.#stallTimer);
+    this.#stallTimer = undefined;
+    this.#armDeadline();
+    // What was read before the pause goes first, in order; the socket resumes
+    // only if all of it was taken without blocking again.
+    if (!this.#dispatchLines(this.#pendingLines.splice(0))) return;
+    while (this.#heldFrames.length > 0) {
+      if (!this.#consume(this.#heldFrames.shift() as Buffer)) return;
+    }
+    if (this.#ws.readyState === this.#ws.OPEN) this.#ws.resume();
+  };
+
   #sendPing = (): void => {
-    if (this.#ws.readyState === this.#ws.OPEN) this.#ws.ping();
+    if (this.#ws.readyState === this.#ws.OPEN && !this.#sendBlocked) this.#ws.ping();
   };
 
   #armDeadline(): void {
@@ -111,37 +218,60 @@ export class ControlSession {
   };
 
   #onAlive = (): void => {
-    this.#armDeadline();
+    if (!this.#sendBlocked) this.#armDeadline();
   };
 
   #onMessage = (data: WebSocket.RawData, isBinary: boolean): void => {
-    this.#armDeadline();
     if (this.#endReason !== undefined) return;
+    if (this.#sendBlocked) {
+      // ws emits what it had already read even while paused: keep it for later.
+      if (isBinary) {
+        this.#heldFrames.push(data as Buffer);
+        return;
+      }
+    } else {
+      this.#armDeadline();
+    }
     if (!isBinary) {
       this.#fail(new RevdialError(ErrorCodes.PROTOCOL_TEXT_FRAME, 'control plane sent a text frame; the RevDial protocol uses binary frames only'));
       return;
     }
+    this.#consume(data as Buffer);
+  };
+
+  /** Reads one frame's lines; false when reading blocked (or the session ended) part way. */
+  #consume(frame: Buffer): boolean {
     let lines: Buffer[];
     try {
-      lines = this.#reader.push(data as Buffer);
+      lines = this.#reader.push(frame);
     } catch (err) {
       this.#fail(err as RevdialError);
-      return;
+      return false;
     }
-    for (const line of lines) {
+    return this.#dispatchLines(lines);
+  }
+
+  #dispatchLines(lines: Buffer[]): boolean {
+    for (let i = 0; i < lines.length; i++) {
       let msg: ControlMessage | null;
       try {
-        msg = parseControlLine(line);
+        msg = parseControlLine(lines[i] as Buffer);
       } catch (err) {
         this.#fail(err as RevdialError);
-        return;
+        return false;
       }
       if (msg !== null) this.#dispatch(msg);
-      // #dispatch may have ended the session; the type checker cannot see that.
+      // #dispatch may have ended the session or blocked reading; the type checker cannot see that.
       // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
-      if (this.#endReason !== undefined) return;
+      if (this.#endReason !== undefined) return false;
+      // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
+      if (this.#sendBlocked) {
+        this.#pendingLines = lines.slice(i + 1);
+        return false;
+      }
     }
-  };
+    return true;
+  }
 
   #dispatch(msg: ControlMessage): void {
     switch (msg.command) {
@@ -163,6 +293,9 @@ export class ControlSession {
     this.#clock.clearInterval(this.#pingTimer);
     this.#clock.clearTimeout(this.#deadTimer);
     this.#clock.clearTimeout(this.#backstop);
+    this.#clock.clearTimeout(this.#stallTimer);
+    this.#pendingLines = [];
+    this.#heldFrames = [];
     this.#ws.removeListener('message', this.#onMessage);
     this.#ws.removeListener('pong', this.#onAlive);
     this.#ws.removeListener('ping', this.#onAlive);

@@ -1,17 +1,17 @@
 /**
- * The agent: keeps one control session alive (reconnecting with exponential
- * backoff and jitter), answers each `conn-ready` with a tunnel, enforces the
+ * The agent: keeps one control session alive (reconnecting with jittered
+ * back-off, backoff.ts), answers each `conn-ready` with a tunnel, enforces the
  * tunnel limit, and drains on shutdown.
  *
  * Request path: ControlSession emits conn-ready → #onConnReady checks limits
- * and the connPath → #runTunnel picks up both ends (tunnel.ts) → bridge.ts
- * pipes them → the outcome is counted and logged.
+ * and the connPath → the pick-up queue (pickup-queue.ts) gives it a dial slot
+ * → #runTunnel picks up both ends (tunnel/pickup.ts) → bridge.ts pipes them →
+ * the outcome is counted and logged.
  */
-import pRetry, { AbortError, type RetryContext } from 'p-retry';
 import type { Logger } from 'pino';
 import type { Bridge, Direction } from '../tunnel/bridge.js';
 import { type Clock, sleep, systemClock } from '../clock.js';
-import { ControlSession } from './session.js';
+import { ControlSession, DEFAULT_MAX_SEND_QUEUE_BYTES, DEFAULT_SEND_HIGH_WATER_BYTES, type SessionEnd } from './session.js';
 import { controlUrl, dataUrl, safeOrigin } from '../net/endpoints.js';
 import { ErrorCodes, RevdialError, codeOf, describe } from '../errors.js';
 import { DEFAULT_MAX_LINE_BYTES } from './framing.js';
@@ -19,6 +19,10 @@ import { type LocalTarget, describeTarget, dialLocal } from '../net/local-dialer
 import { PickupError, type PickupTiming, type TunnelOptions, type TunnelOutcome, pickUp, pickupReason, startBridge } from '../tunnel/pickup.js';
 import { type ControlPlaneTransport, connectorOf, dialWebSocket } from '../net/ws-dial.js';
 import { dialDataConnection } from '../tunnel/data-connection.js';
+import { DEFAULT_FAST_WINDOW_MS, DEFAULT_HEALTHY_AFTER_MS, ReconnectBackoff } from './backoff.js';
+import { DEFAULT_PICKUP_BACKLOG, DEFAULT_PICKUP_CONCURRENCY, PickupQueue } from './pickup-queue.js';
+import { DEFAULT_LOG_INTERVAL_MS, LogLimiter } from '../log-limiter.js';
+import { guardLogger, guardObserver } from '../guard.js';
 
 /** Warm connections ahead of need (net/preconnect.ts): kept only while the control connection is up. */
 export interface WarmConnections {
@@ -29,9 +33,16 @@ export interface WarmConnections {
 
 /** Every value `tunnelEnded` reports: a small fixed set, fit for a metric label. */
 export type TunnelResult =
-  TunnelOutcome['result'] | 'refused_limit' | 'refused_shutdown' | 'invalid_conn_path' | 'local_dial_failed' | 'data_dial_failed' | 'pickup_timeout';
+  | TunnelOutcome['result']
+  | 'refused_limit'
+  | 'refused_backlog'
+  | 'refused_shutdown'
+  | 'invalid_conn_path'
+  | 'local_dial_failed'
+  | 'data_dial_failed'
+  | 'pickup_timeout';
 
-/** Hooks for metrics and tests; every method is optional and must not throw. */
+/** Hooks for metrics and tests; every method is optional. One that throws is contained (guard.ts). */
 export interface AgentObserver {
   controlConnected?(): void;
   /** `code` is a stable error code (REVDIAL_PING_TIMEOUT, ...). */
@@ -51,10 +62,26 @@ export interface AgentOptions {
   log: Logger;
   /** The longest wait between reconnect attempts (`--reconnect`). */
   reconnectMaxMs: number;
-  /** The first retry waits between this and twice this. */
+  /** Retries during a short outage wait between this and twice this. */
   reconnectMinMs?: number;
-  /** A connection up this long resets the backoff. */
+  /** Outages shorter than this are retried at the steady pace (backoff.ts). */
+  fastRetryWindowMs?: number;
+  /** A connection up this long ends an outage (backoff.ts). */
+  healthyAfterMs?: number;
+  /** A connection that ends before this is logged and counted as unstable. */
   stableAfterMs?: number;
+  /** Pick-ups dialing at once (pickup-queue.ts). */
+  maxConcurrentPickups?: number;
+  /** Pick-ups waiting for a dial slot; more are refused at once. */
+  maxQueuedPickups?: number;
+  /** Control send queue: stop reading the peer past this (session.ts). */
+  sendHighWaterBytes?: number;
+  /** Control send queue: drop messages past this. */
+  maxSendQueueBytes?: number;
+  /** One line per kind of repeated warning per this interval. */
+  logIntervalMs?: number;
+  /** [0, 1) for reconnect jitter; tests pass their own. */
+  random?: () => number;
   pingIntervalMs: number;
   pingTimeoutMs: number;
   handshakeTimeoutMs?: number;
@@ -73,6 +100,18 @@ interface TunnelHandle {
   readonly cancel: AbortController;
   bridge?: Bridge;
 }
+
+/** A `conn-ready` waiting for a dial slot. */
+interface PickupRequest {
+  connPath: string;
+  url: URL;
+  session: ControlSession;
+  /** clock.now() when the conn-ready arrived. */
+  at: number;
+}
+
+/** After the grace period, what is left gets this long to close before the drain stops waiting. */
+const CUT_DEADLINE_MS = 500;
 
 const CONTROL_MAX_PAYLOAD = 1024 * 1024;
 
@@ -100,8 +139,9 @@ export class Agent {
    * `npm run bench`: 1.54 → 1.28 agent CPU-s per GiB, 326 → 366 MiB/s).
    */
   readonly #readBuffer = Buffer.allocUnsafe(256 * 1024);
-  #lastLimitWarning = -Infinity;
-  #refusedSinceWarning = 0;
+  readonly #backoff: ReconnectBackoff;
+  readonly #pickups: PickupQueue<PickupRequest>;
+  readonly #limiter: LogLimiter;
 
   constructor(options: AgentOptions) {
     const reconnectMaxMs = options.reconnectMaxMs;
@@ -110,17 +150,42 @@ export class Agent {
       // and clips it to the cap, so min == cap gave every agent exactly the
       // cap (no jitter: a fleet dropped together came back together).
       reconnectMinMs: Math.min(500, reconnectMaxMs / 2),
+      fastRetryWindowMs: DEFAULT_FAST_WINDOW_MS,
+      healthyAfterMs: DEFAULT_HEALTHY_AFTER_MS,
       stableAfterMs: 10_000,
+      maxConcurrentPickups: DEFAULT_PICKUP_CONCURRENCY,
+      maxQueuedPickups: DEFAULT_PICKUP_BACKLOG,
+      sendHighWaterBytes: DEFAULT_SEND_HIGH_WATER_BYTES,
+      maxSendQueueBytes: DEFAULT_MAX_SEND_QUEUE_BYTES,
+      logIntervalMs: DEFAULT_LOG_INTERVAL_MS,
+      random: Math.random,
       handshakeTimeoutMs: 10_000,
       closeBackstopMs: 5_000,
       maxLineBytes: DEFAULT_MAX_LINE_BYTES,
       clock: systemClock,
       ...options,
-      observer: options.observer ?? {},
+      observer: {},
     };
-    this.#log = options.log;
+    // Neither a metrics hook nor the log may break a tunnel (guard.ts).
+    this.#log = guardLogger(options.log);
     this.#preconnect = options.preconnect;
     this.#clock = this.#o.clock;
+    this.#limiter = new LogLimiter({ intervalMs: this.#o.logIntervalMs, clock: this.#clock });
+    this.#o.observer = guardObserver(options.observer ?? {}, (hook, err) => {
+      this.#limiter.warn(this.#log, `observer:${hook}`, { hook }, `a metrics hook (${hook}) threw and was ignored: ${describe(err)}`);
+    });
+    this.#backoff = new ReconnectBackoff({
+      minMs: this.#o.reconnectMinMs,
+      maxMs: reconnectMaxMs,
+      fastWindowMs: this.#o.fastRetryWindowMs,
+      healthyAfterMs: this.#o.healthyAfterMs,
+      random: this.#o.random,
+    });
+    this.#pickups = new PickupQueue({
+      concurrency: this.#o.maxConcurrentPickups,
+      maxQueued: this.#o.maxQueuedPickups,
+      run: this.#startPickup,
+    });
     this.#controlUrl = controlUrl(options.apiUrl, options.runnerId);
     const observer = this.#o.observer;
     this.#tunnelOptions = {
@@ -171,59 +236,75 @@ export class Agent {
     const reason = new RevdialError(ErrorCodes.SHUTTING_DOWN, 'agent is shutting down');
     this.#stop.abort(reason);
     this.#preconnect?.close();
+    // Requests still waiting for a dial slot are answered now.
+    for (const request of this.#pickups.takeAll()) this.#refuse(request.session, request.connPath, 'refused_shutdown', reason);
     this.#session?.close(reason);
+    const grace = new AbortController();
+    const graceOver = sleep(this.#clock, graceMs, grace.signal).catch(() => undefined);
+    const drained =
+      this.#tunnels.size === 0
+        ? Promise.resolve()
+        : new Promise<void>((resolve) => {
+            this.#drained = resolve;
+          });
     let cut = 0;
     if (this.#tunnels.size > 0) {
       this.#log.info({ tunnels: this.#tunnels.size, graceMs }, 'Draining open tunnels');
-      const drained = new Promise<void>((resolve) => {
-        this.#drained = resolve;
-      });
-      const grace = new AbortController();
-      await Promise.race([drained, sleep(this.#clock, graceMs, grace.signal).catch(() => undefined)]);
-      grace.abort();
+      await Promise.race([drained, graceOver]);
       cut = this.#tunnels.size;
       if (cut > 0) {
         this.#log.warn({ tunnels: cut }, 'Grace period over; closing the tunnels still open');
-        const reason = new RevdialError(ErrorCodes.SHUTTING_DOWN, 'grace period over');
+        const over = new RevdialError(ErrorCodes.SHUTTING_DOWN, 'grace period over');
         for (const t of this.#tunnels) {
-          t.cancel.abort(reason);
-          t.bridge?.abort(reason);
+          t.cancel.abort(over);
+          t.bridge?.abort(over);
         }
-        if (this.#tunnels.size > 0) await drained;
       }
     }
-    await this.#running;
+    // The control connection closes politely within the grace period (its own
+    // backstop is shorter still); a peer that stopped answering is cut then.
+    await Promise.race([this.#running, graceOver]);
+    grace.abort();
+    this.#session?.terminate(reason);
+    // Everything has been told to stop: sockets close in a moment. Wait that
+    // moment, never longer, whatever a peer does (the shutdown deadline).
+    const settle = new AbortController();
+    await Promise.race([Promise.all([this.#running, drained]), sleep(this.#clock, CUT_DEADLINE_MS, settle.signal).catch(() => undefined)]);
+    settle.abort();
+    this.#limiter.flush();
     return { cut };
   }
 
   async #run(): Promise<void> {
     const signal = this.#stop.signal;
+    this.#backoff.started(this.#clock.now());
+    let attempt = 0;
     while (!signal.aborted) {
       let delay: number;
       try {
-        await pRetry(this.#attempt, {
-          retries: Infinity,
-          factor: 2,
-          minTimeout: this.#o.reconnectMinMs,
-          maxTimeout: this.#o.reconnectMaxMs,
-          randomize: true,
-          signal,
-          onFailedAttempt: this.#onFailedAttempt,
-        });
-        // A connection that stayed up ended: start over, after a short jittered pause
-        // so that agents dropped together do not come back together.
-        delay = this.#o.reconnectMinMs * (1 + Math.random());
+        const end = await this.#attempt();
+        if (end === undefined || signal.aborted) break;
+        attempt = 0;
+        const now = this.#clock.now();
+        this.#backoff.disconnected(now, end.uptimeMs);
+        // Agents dropped together do not come back together: even the first wait is jittered.
+        delay = this.#backoff.next(now);
+        if (end.uptimeMs < this.#o.stableAfterMs) this.#o.observer.controlAttemptFailed?.(ErrorCodes.CONTROL_UNSTABLE, 0, delay);
       } catch (err) {
-        // The signal may have aborted while pRetry waited; the type checker cannot see that.
+        // The signal may have aborted during the attempt; the type checker cannot see that.
         // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
         if (signal.aborted) break;
-        delay = this.#o.reconnectMaxMs;
-        if (codeOf(err) === ErrorCodes.AUTH_REJECTED) {
-          this.#log.error({ code: codeOf(err), retryInMs: delay }, describe(err, 400));
+        attempt++;
+        const code = codeOf(err);
+        if (code === ErrorCodes.AUTH_REJECTED) {
+          // Tokens get rotated: an auth failure is retried, but at the slowest pace.
+          delay = this.#backoff.afterAuthFailure();
+          this.#log.error({ code, attempt, retryInMs: Math.round(delay) }, describe(err, 400));
         } else {
-          this.#log.error({ code: codeOf(err), retryInMs: delay, err }, 'unexpected failure in the reconnect loop');
+          delay = this.#backoff.next(this.#clock.now());
+          this.#log.warn({ code, attempt, retryInMs: Math.round(delay) }, `Control connection attempt failed: ${describe(err, 400)}`);
         }
-        this.#o.observer.controlAttemptFailed?.(codeOf(err), 0, delay);
+        this.#o.observer.controlAttemptFailed?.(code, attempt, delay);
       }
       try {
         await sleep(this.#clock, delay, signal);
@@ -233,28 +314,21 @@ export class Agent {
     }
   }
 
-  /** One connection, start to end. Returns when a stable connection ended. */
-  #attempt = async (): Promise<void> => {
-    let ws;
-    try {
-      ws = await dialWebSocket(this.#controlUrl, {
-        transport: this.#o.transport,
-        handshakeTimeoutMs: this.#o.handshakeTimeoutMs,
-        maxPayload: CONTROL_MAX_PAYLOAD,
-        clock: this.#clock,
-        signal: this.#stop.signal,
-        // The plane sends keep-alive, and conn-ready for requests it queued
-        // while we were away, the moment we connect: hold them until the
-        // session listens (see DialOptions.pauseOnOpen).
-        pauseOnOpen: true,
-        // Never a warm socket: the pool fills only once this connection is up.
-        fresh: true,
-      });
-    } catch (err) {
-      // Tokens get rotated: an auth failure is retried, but at the slowest pace.
-      if (codeOf(err) === ErrorCodes.AUTH_REJECTED) throw new AbortError(err as Error);
-      throw err;
-    }
+  /** One connection, start to end; resolves with how it ended (undefined when shutting down). */
+  async #attempt(): Promise<SessionEnd | undefined> {
+    const ws = await dialWebSocket(this.#controlUrl, {
+      transport: this.#o.transport,
+      handshakeTimeoutMs: this.#o.handshakeTimeoutMs,
+      maxPayload: CONTROL_MAX_PAYLOAD,
+      clock: this.#clock,
+      signal: this.#stop.signal,
+      // The plane sends keep-alive, and conn-ready for requests it queued
+      // while we were away, the moment we connect: hold them until the
+      // session listens (see DialOptions.pauseOnOpen).
+      pauseOnOpen: true,
+      // Never a warm socket: the pool fills only once this connection is up.
+      fresh: true,
+    });
     const session = new ControlSession(ws, {
       pingIntervalMs: this.#o.pingIntervalMs,
       pingTimeoutMs: this.#o.pingTimeoutMs,
@@ -262,6 +336,9 @@ export class Agent {
       closeBackstopMs: this.#o.closeBackstopMs,
       clock: this.#clock,
       log: this.#log,
+      limiter: this.#limiter,
+      sendHighWaterBytes: this.#o.sendHighWaterBytes,
+      maxSendQueueBytes: this.#o.maxSendQueueBytes,
       onConnReady: this.#onConnReady,
     });
     ws.resume();
@@ -285,31 +362,19 @@ export class Agent {
     this.#o.observer.controlDisconnected?.(end.error.code);
     if (this.#stop.signal.aborted) {
       this.#log.info('Control connection closed');
-      return;
+      return undefined;
     }
     this.#log.warn({ code: end.error.code, uptimeMs: end.uptimeMs, tunnels: this.#tunnels.size }, `Control connection lost: ${end.error.message}`);
-    if (end.uptimeMs >= this.#o.stableAfterMs) return;
-    throw new RevdialError(ErrorCodes.CONTROL_UNSTABLE, `control connection lasted only ${end.uptimeMs} ms (${end.error.code})`, { cause: end.error });
-  };
-
-  #onFailedAttempt = ({ error, attemptNumber, retryDelay }: RetryContext): void => {
-    this.#o.observer.controlAttemptFailed?.(codeOf(error), attemptNumber, retryDelay);
-    if (codeOf(error) === ErrorCodes.CONTROL_UNSTABLE) return;
-    this.#log.warn({ code: codeOf(error), attempt: attemptNumber, retryInMs: retryDelay }, `Control connection attempt failed: ${describe(error, 400)}`);
-  };
+    return end;
+  }
 
   #onConnReady = (connPath: string, session: ControlSession): void => {
     if (this.#draining) {
       this.#refuse(session, connPath, 'refused_shutdown', new RevdialError(ErrorCodes.SHUTTING_DOWN, 'agent is shutting down'));
       return;
     }
-    if (this.#tunnels.size >= this.#o.maxTunnels) {
-      this.#refuse(
-        session,
-        connPath,
-        'refused_limit',
-        new RevdialError(ErrorCodes.TUNNEL_LIMIT, `tunnel limit reached (${this.#o.maxTunnels} open); raise --max-tunnels if the host can take more`),
-      );
+    if (this.#tunnels.size + this.#pickups.queued >= this.#o.maxTunnels) {
+      this.#refuse(session, connPath, 'refused_limit', this.#limitError());
       return;
     }
     let url: URL;
@@ -319,33 +384,70 @@ export class Agent {
       this.#refuse(session, connPath, 'invalid_conn_path', err);
       return;
     }
-    void this.#runTunnel(connPath, url, session);
+    if (!this.#pickups.push({ connPath, url, session, at: this.#clock.now() })) {
+      this.#refuse(
+        session,
+        connPath,
+        'refused_backlog',
+        new RevdialError(
+          ErrorCodes.PICKUP_BACKLOG_FULL,
+          `${this.#pickups.queued} requests already wait for one of ${this.#o.maxConcurrentPickups} pick-up slots; try again`,
+        ),
+      );
+    }
   };
 
+  #limitError(): RevdialError {
+    return new RevdialError(ErrorCodes.TUNNEL_LIMIT, `tunnel limit reached (${this.#o.maxTunnels} open); raise --max-tunnels if the host can take more`);
+  }
+
+  /** The queue hands over a request when a dial slot is free; the slot is held until the pick-up ends. */
+  #startPickup = (request: PickupRequest): Promise<void> => {
+    const { session, connPath } = request;
+    if (this.#draining) {
+      this.#refuse(session, connPath, 'refused_shutdown', new RevdialError(ErrorCodes.SHUTTING_DOWN, 'agent is shutting down'));
+      return Promise.resolve();
+    }
+    if (!session.isOpen) {
+      // The control connection that asked is gone, and the plane's dialer with
+      // it: the data connection would be refused. Requests it still wants are
+      // sent again on the next connection.
+      this.#log.debug({ path: request.url.pathname }, 'conn-ready from a closed control connection; not picking up');
+      this.#o.observer.tunnelEnded?.('aborted');
+      return Promise.resolve();
+    }
+    const waited = this.#clock.now() - request.at;
+    const remaining = this.#o.pickupTimeoutMs - waited;
+    if (remaining <= 0) {
+      const err = new RevdialError(ErrorCodes.PICKUP_TIMEOUT, `waited ${waited} ms for a pick-up slot, longer than the pick-up time limit (${this.#o.pickupTimeoutMs} ms)`);
+      this.#refuse(session, connPath, 'pickup_timeout', err);
+      return Promise.resolve();
+    }
+    if (this.#tunnels.size >= this.#o.maxTunnels) {
+      this.#refuse(session, connPath, 'refused_limit', this.#limitError());
+      return Promise.resolve();
+    }
+    return new Promise<void>((pickedUp) => {
+      void this.#runTunnel(connPath, request.url, session, remaining, pickedUp);
+    });
+  };
+
+  /** Answers `pickup-failed` at once; repeated warnings are rate-limited (log-limiter.ts). */
   #refuse(session: ControlSession, connPath: string, result: TunnelResult, err: unknown): void {
     session.send({ command: 'pickup-failed', connPath, err: pickupReason(err) });
     this.#o.observer.tunnelEnded?.(result);
-    if (result === 'refused_limit') {
-      // A flood must not flood the log: one line per 5 s with the count.
-      this.#refusedSinceWarning++;
-      const now = this.#clock.now();
-      if (now - this.#lastLimitWarning < 5_000) return;
-      this.#lastLimitWarning = now;
-      this.#log.warn({ code: codeOf(err), refused: this.#refusedSinceWarning }, `Refusing tunnel: ${describe(err)}`);
-      this.#refusedSinceWarning = 0;
-      return;
-    }
     const level = result === 'refused_shutdown' ? 'info' : 'warn';
-    this.#log[level]({ code: codeOf(err) }, `Refusing tunnel: ${describe(err)}`);
+    this.#limiter.log(this.#log, level, `refuse:${result}:${codeOf(err)}`, { code: codeOf(err), result }, `Refusing tunnel: ${describe(err)}`);
   }
 
-  async #runTunnel(connPath: string, url: URL, session: ControlSession): Promise<void> {
+  /** One tunnel, pick-up to end. `pickedUp` is called once the pick-up is over, whatever its outcome. */
+  async #runTunnel(connPath: string, url: URL, session: ControlSession, pickupTimeoutMs: number, pickedUp: () => void): Promise<void> {
     const handle: TunnelHandle = { cancel: new AbortController() };
     this.#tunnels.add(handle);
     const log = this.#log.child({ tunnel: ++this.#tunnelSeq });
     const observer = this.#o.observer;
     observer.tunnelStarted?.();
-    const options = this.#tunnelOptions;
+    const options = pickupTimeoutMs < this.#tunnelOptions.pickupTimeoutMs ? { ...this.#tunnelOptions, pickupTimeoutMs } : this.#tunnelOptions;
     let result: TunnelResult;
     try {
       log.debug({ path: url.pathname }, 'conn-ready: picking up');
@@ -355,7 +457,7 @@ export class Agent {
             dialDataConnection(connectorOf(this.#o.transport), url, signal, {
               token: () => this.#o.transport.token(),
               userAgent: this.#o.transport.userAgent,
-              handshakeTimeoutMs: this.#o.pickupTimeoutMs,
+              handshakeTimeoutMs: pickupTimeoutMs,
               clock: this.#clock,
               pingIntervalMs: this.#o.pingIntervalMs,
               pingTimeoutMs: this.#o.pingTimeoutMs,
@@ -373,6 +475,7 @@ export class Agent {
         options,
         handle.cancel.signal,
       );
+      pickedUp();
       observer.tunnelSetUp?.(pair.timing);
       log.debug({ setupMs: pair.timing.setupMs }, 'tunnel open');
       const { bridge, outcome } = startBridge(pair.data, pair.local, options);
@@ -381,17 +484,20 @@ export class Agent {
       result = end.result;
       const fields = { result, endedBy: end.endedBy, bytesToLocal: end.bytesToLocal, bytesFromLocal: end.bytesFromLocal };
       // A tunnel that broke (not one that ended) is worth an operator's attention.
-      if (end.error)
-        log[result === 'error' || result === 'ping_timeout' ? 'warn' : 'debug']({ ...fields, code: end.error.code }, `tunnel closed: ${end.error.message}`);
+      if (end.error && (result === 'error' || result === 'ping_timeout')) {
+        this.#limiter.warn(log, `tunnel-error:${end.error.code}`, { ...fields, code: end.error.code }, `tunnel closed: ${end.error.message}`);
+      } else if (end.error) log.debug({ ...fields, code: end.error.code }, `tunnel closed: ${end.error.message}`);
       else log.debug(fields, 'tunnel closed');
     } catch (err) {
+      pickedUp();
       result = pickupResult(err);
-      const level = result === 'aborted' ? 'debug' : 'warn';
-      log[level]({ code: codeOf(err), result }, `Pick-up failed: ${describe(err, 400)}`);
+      if (result === 'aborted') log.debug({ code: codeOf(err), result }, `Pick-up failed: ${describe(err, 400)}`);
+      else this.#limiter.warn(log, `pickup:${codeOf(err)}`, { code: codeOf(err), result }, `Pick-up failed: ${describe(err, 400)}`);
       if (!session.send({ command: 'pickup-failed', connPath, err: pickupReason(err) })) {
-        log.debug('control connection gone; pickup-failed not sent');
+        log.debug('pickup-failed not sent: the control connection is gone or not reading');
       }
     } finally {
+      pickedUp();
       this.#tunnels.delete(handle);
       if (this.#tunnels.size === 0) this.#drained?.();
     }

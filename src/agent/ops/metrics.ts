@@ -46,6 +46,7 @@ const TUNNEL_RESULTS: Record<TunnelResult, 'tunnel' | 'refusal'> = {
   ping_timeout: 'tunnel',
   // Refused before a tunnel started: no tunnelStarted() came first.
   refused_limit: 'refusal',
+  refused_backlog: 'refusal',
   refused_shutdown: 'refusal',
   invalid_conn_path: 'refusal',
 };
