@@ -3,9 +3,11 @@
  *
  * Exit codes: 0 stopped cleanly (SIGTERM/SIGINT, tunnels drained or cut after
  * the grace period); 1 internal error; 2 invalid configuration (one line on
- * stderr, before any network activity; also when the --metrics-addr cannot be
- * bound, e.g. the port is in use, since only a configuration change fixes
- * that); 130 / 143 a second SIGINT / SIGTERM during the drain (exit at once).
+ * stderr, before any network activity; also when a --metrics-addr set
+ * explicitly cannot be bound, e.g. the port is in use, since only a
+ * configuration change fixes that; the default address moves to the next
+ * free port instead, and without one the agent runs on without the
+ * endpoints); 130 / 143 a second SIGINT / SIGTERM during the drain (exit at once).
  *
  * `doctor` (doctor/): checks the same configuration step by step and exits 0
  * when every check passes, 1 otherwise (a configuration error included).
@@ -38,6 +40,12 @@ export const EXIT_CONFIG = 2;
 const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 /** How long a graceful shutdown waits for the registry to confirm the deregistration. */
 const DEREGISTER_TIMEOUT_MS = 3_000;
+/**
+ * The hard deadline of a shutdown: this long after --grace-period the process
+ * exits whatever is still open or unanswered (a peer that stopped answering a
+ * close, a registry that hangs), so the drain never outlasts grace + 1 s.
+ */
+const SHUTDOWN_OVERRUN_MS = 900;
 
 /** `doctor`: its flags, and the configuration it checks (or what is wrong with it). */
 export interface DoctorInvocation {
@@ -131,6 +139,11 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   });
   log.info({ controlPlane: config.apiUrl.origin, runnerId: config.runnerId, local: describeTarget(config.local) }, `Starting ${PROGRAM} ${VERSION}`);
   startupWarnings(config, log);
+  if (config.tokenWatch) {
+    config.tokenWatch.onRejected = (err) => {
+      log.warn({ code: err.code, tokenFile: config.tokenFile }, `${describe(err, 400)}; still using the last good token`);
+    };
+  }
 
   const proxy = await EgressProxy.create(config.proxy);
   const route = proxy.describeRoute(controlUrl(config.apiUrl, config.runnerId));
@@ -182,17 +195,26 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   };
   let ops: OpsServer | undefined;
   if (config.metricsAddr) {
-    ops = new OpsServer({ address: config.metricsAddr, readiness, metrics: () => metrics.render(), log });
+    ops = new OpsServer({ address: config.metricsAddr, ports: config.metricsPorts, readiness, metrics: () => metrics.render(), log });
     try {
       const bound = await ops.listen();
-      log.info(
-        { metricsAddr: formatListenAddress({ host: bound.address, port: bound.port }) },
-        `Serving /healthz, /readyz and /metrics on http://${formatListenAddress({ host: bound.address, port: bound.port })}`,
-      );
+      const served = formatListenAddress({ host: bound.address, port: bound.port });
+      const asked = formatListenAddress(config.metricsAddr);
+      // One line to grep for, whichever port was free: several agents on a host each log their own.
+      if (bound.port !== config.metricsAddr.port && config.metricsAddr.port !== 0) {
+        log.info({ metricsAddr: served, metricsAddrTaken: asked }, `Serving /healthz, /readyz and /metrics on http://${served} (${asked} is in use)`);
+      } else {
+        log.info({ metricsAddr: served }, `Serving /healthz, /readyz and /metrics on http://${served}`);
+      }
     } catch (err) {
-      log.fatal({ code: codeOf(err) }, describe(err, 500));
-      process.stderr.write(`${PROGRAM}: ${describe(err, 500)}\n`);
-      return EXIT_CONFIG;
+      if (config.metricsPorts <= 1) {
+        log.fatal({ code: codeOf(err) }, describe(err, 500));
+        process.stderr.write(`${PROGRAM}: ${describe(err, 500)}\n`);
+        return EXIT_CONFIG;
+      }
+      // No address was given: an auxiliary port must not take the tunnel down.
+      log.warn({ code: codeOf(err) }, `${describe(err, 500)}; carrying on without them`);
+      ops = undefined;
     }
   }
 
@@ -251,6 +273,11 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     }
     stopping = true;
     log.info({ signal, tunnels: agent.activeTunnels, gracePeriodMs: config.gracePeriodMs }, `Received ${signal}: refusing new tunnels and draining`);
+    const deadline = setTimeout(() => {
+      log.warn({ gracePeriodMs: config.gracePeriodMs }, 'Shutdown deadline reached: exiting without waiting for what is still closing');
+      process.exit(EXIT_OK);
+    }, config.gracePeriodMs + SHUTDOWN_OVERRUN_MS);
+    deadline.unref();
     const deregistered = registry?.stop(DEREGISTER_TIMEOUT_MS) ?? heartbeat?.stop(config.deregisterOnExit ? DEREGISTER_TIMEOUT_MS : undefined);
     Promise.all([agent.shutdown(config.gracePeriodMs), deregistered])
       .then(async ([{ cut }]) => {

@@ -5,6 +5,7 @@
  * network, so a bad configuration fails before any connection is tried.
  */
 import { readFileSync } from 'node:fs';
+import { TokenFile, tokenProblem } from './token.js';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import pkg from '../../package.json' with { type: 'json' };
 import { ErrorCodes, RevdialError } from './errors.js';
@@ -12,7 +13,7 @@ import { type LocalTarget, parseLocalAddress } from './net/local-dialer.js';
 import { DEFAULT_GPU_PATHS, GPU_TYPES, type GpuFacts, type GpuProbePaths, type GpuType, detectGpu, detectGpuType } from './registry/gpu-detect.js';
 import { DESKTOP_RUNNER_PREFIX, REGISTRY_MODES, type RegistryMode, sandboxIdOf } from './registry/http.js';
 import { type DiskPath, parseDiskPaths } from './registry/sandboxes.js';
-import { type ListenAddress, parseListenAddress } from './ops/server.js';
+import { DEFAULT_METRICS_ADDR, DEFAULT_METRICS_PORTS, type ListenAddress, formatListenAddress, parseListenAddress } from './ops/server.js';
 import { type ProxyConfig, parseProxyUrl, proxyConfigFromEnv, safeProxy } from './net/proxy.js';
 
 export const VERSION: string = pkg.version;
@@ -29,6 +30,8 @@ export interface Config {
   token: () => string;
   tokenSource: 'flag' | 'env' | 'file';
   tokenFile?: string;
+  /** The token file, re-read on each dial; set `onRejected` to hear of a bad rotation. */
+  tokenWatch?: TokenFile;
   local: LocalTarget;
   localText: string;
   reconnectMaxMs: number;
@@ -45,6 +48,8 @@ export interface Config {
   checkOnly: boolean;
   /** Where /healthz, /readyz and /metrics are served; null when `off`. */
   metricsAddr: ListenAddress | null;
+  /** Ports tried from metricsAddr up while taken: DEFAULT_METRICS_PORTS for the default address, 1 when set explicitly. */
+  metricsPorts: number;
   register: boolean;
   advertiseAddress: string;
   gpuType: GpuType;
@@ -66,9 +71,6 @@ export interface Config {
   heartbeatExtraFile?: string;
   deregisterOnExit: boolean;
 }
-
-/** A token file is read again at most this often. */
-const TOKEN_FILE_REREAD_MS = 1000;
 
 /** Environment variables for boolean flags, read by hand (see `booleanEnv`). */
 const INSECURE_ENV = 'REVDIAL_INSECURE_SKIP_TLS_VERIFY';
@@ -292,9 +294,12 @@ export function buildProgram(): Command {
         .argParser(logLevelArg),
     )
     .addOption(
-      new Option('--metrics-addr <host:port>', 'serve /healthz, /readyz and /metrics here; "off" disables')
+      new Option(
+        '--metrics-addr <host:port>',
+        'serve /healthz, /readyz and /metrics here; "off" disables (default: the first free port of 127.0.0.1:9464-9473)',
+      )
         .env('REVDIAL_METRICS_ADDR')
-        .default(parseListenAddress('127.0.0.1:9464'), '127.0.0.1:9464')
+        .default(DEFAULT_METRICS_ADDR, formatListenAddress(DEFAULT_METRICS_ADDR))
         .argParser(metricsAddrArg),
     )
     .addOption(new Option('--register', `register this Wolf with the control plane's registry and heartbeat (env: ${REGISTER_ENV})`))
@@ -370,7 +375,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--check-config', 'validate the configuration, print it (token redacted) and exit'));
   program.addHelpText(
     'after',
-    '\nExit codes: 0 stopped cleanly, 1 internal error, 2 invalid configuration or --metrics-addr cannot be bound (port in use), 130/143 second SIGINT/SIGTERM (no drain).',
+    '\nExit codes: 0 stopped cleanly, 1 internal error, 2 invalid configuration or a --metrics-addr set explicitly cannot be bound (port in use), 130/143 second SIGINT/SIGTERM (no drain).',
   );
   return program;
 }
@@ -433,29 +438,18 @@ export function resolveConfig(program: Command, env: NodeJS.ProcessEnv, host: Ho
 
   let token: () => string;
   let tokenSource: Config['tokenSource'];
+  let tokenWatch: TokenFile | undefined;
   if (hasFile) {
-    const path = o.tokenFile!;
-    let last = readTokenFile(path);
-    let readAt = Date.now();
+    tokenWatch = new TokenFile(o.tokenFile!);
     tokenSource = 'file';
-    token = () => {
-      // Re-read so a rotated Secret or credential is picked up on the next dial,
-      // but at most once a second: every tunnel's data connection asks too.
-      // Keep the last good token if the file is briefly missing mid-rotation.
-      const now = Date.now();
-      if (now - readAt < TOKEN_FILE_REREAD_MS) return last;
-      readAt = now;
-      try {
-        last = readTokenFile(path);
-      } catch {
-        /* keep the last good token */
-      }
-      return last;
-    };
+    token = tokenWatch.read;
   } else {
     const value = o.token!;
-    if (/[\r\n]/.test(value)) throw configError('the runner token contains a line break');
     tokenSource = program.getOptionValueSource('token') === 'env' ? 'env' : 'flag';
+    const setting = tokenSource === 'env' ? 'RUNNER_TOKEN' : '--token';
+    if (/[\r\n]/.test(value)) throw configError(`the runner token (${setting}) contains a line break`);
+    const problem = tokenProblem(value);
+    if (problem) throw configError(`the runner token (${setting}) ${problem}`);
     token = () => value;
   }
 
@@ -526,6 +520,7 @@ export function resolveConfig(program: Command, env: NodeJS.ProcessEnv, host: Ho
     logLevel,
     checkOnly: o.checkConfig === true,
     metricsAddr: o.metricsAddr === 'off' ? null : o.metricsAddr,
+    metricsPorts: program.getOptionValueSource('metricsAddr') === 'default' ? DEFAULT_METRICS_PORTS : 1,
     register,
     advertiseAddress: o.advertiseAddress ?? runnerId,
     gpuType: o.gpuType === 'auto' ? detectGpuType(host.gpuPaths ?? DEFAULT_GPU_PATHS) : o.gpuType,
@@ -543,22 +538,10 @@ export function resolveConfig(program: Command, env: NodeJS.ProcessEnv, host: Ho
   if (sandboxId !== undefined) config.sandboxId = sandboxId;
   if (o.heartbeatExtra) config.heartbeatExtraFile = o.heartbeatExtra;
   if (hasFile) config.tokenFile = o.tokenFile!;
+  if (tokenWatch) config.tokenWatch = tokenWatch;
   if (o.caFile) config.caFile = o.caFile;
   if (ca) config.ca = ca;
   return config;
-}
-
-function readTokenFile(path: string): string {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (err) {
-    throw configError(`cannot read token file ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
-  }
-  const value = text.trim();
-  if (value === '') throw configError(`token file ${path} is empty`);
-  if (/[\r\n]/.test(value)) throw configError(`token file ${path} holds more than one line`);
-  return value;
 }
 
 /** DEBUG is shared with other tools, so an odd value means "off", not an error. */
@@ -593,7 +576,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
     insecureSkipTlsVerify: config.insecureSkipTlsVerify,
     logLevel: config.logLevel,
     metricsAddr: config.metricsAddr
-      ? `${config.metricsAddr.host.includes(':') ? `[${config.metricsAddr.host}]` : config.metricsAddr.host}:${config.metricsAddr.port}`
+      ? `${formatListenAddress(config.metricsAddr)}${config.metricsPorts > 1 ? ` (or the next free port up to ${config.metricsAddr.port + config.metricsPorts - 1})` : ''}`
       : 'off',
     register: config.register,
     advertiseAddress: config.advertiseAddress,

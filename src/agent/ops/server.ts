@@ -10,8 +10,12 @@
  *                 frame or pong.
  *   GET /metrics  Prometheus text (metrics.ts).
  *
- * Listening fails loudly: a port in use is a coded startup error naming the
- * address and the variable to change, never a silently missing endpoint.
+ * With no address given, several agents share a host (one per Wolf, one per
+ * GPU): the default port 9464 taken, the next free one of 9464-9473 is used
+ * (as cloudflared does for its metrics port), and the address served is
+ * logged in one line. An address set explicitly fails loudly instead: a port
+ * in use is then a coded startup error naming the address and the variable
+ * to change, never a silently missing or moved endpoint.
  */
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -34,6 +38,10 @@ export interface ListenAddress {
 }
 
 export const METRICS_ADDR_ENV = 'REVDIAL_METRICS_ADDR';
+
+/** The default address, and how many ports from it are tried when it is taken (9464-9473). */
+export const DEFAULT_METRICS_ADDR: ListenAddress = { host: '127.0.0.1', port: 9464 };
+export const DEFAULT_METRICS_PORTS = 10;
 
 /**
  * `host:port`, `[v6]:port`, or `:port` (every interface). Throws a plain
@@ -64,6 +72,8 @@ export interface Readiness {
 
 export interface OpsServerOptions {
   address: ListenAddress;
+  /** Ports tried, from `address.port` up, while each is in use (1: that port only). */
+  ports?: number;
   /** Asked on every /readyz. */
   readiness: () => Readiness;
   /** Renders /metrics. */
@@ -85,30 +95,43 @@ export class OpsServer {
     this.server.keepAliveTimeout = 5_000;
   }
 
-  /** Listens; rejects with REVDIAL_OPS_LISTEN_FAILED (port in use, bad host, ...). */
+  /**
+   * Listens on the address, or on the next port of the range while each is in
+   * use; rejects with REVDIAL_OPS_LISTEN_FAILED (every port in use, bad host, ...).
+   */
   async listen(): Promise<AddressInfo> {
     const { host, port } = this.#options.address;
-    await new Promise<void>((resolve, reject) => {
-      const onError = (err: NodeJS.ErrnoException): void => {
-        const where = formatListenAddress(this.#options.address);
-        const why = err.code === 'EADDRINUSE' ? 'the port is already in use' : (err.code ?? err.message);
-        reject(
-          new RevdialError(
-            ErrorCodes.OPS_LISTEN_FAILED,
-            `cannot serve /healthz, /readyz and /metrics on ${where} (${why}): set ${METRICS_ADDR_ENV} or --metrics-addr to a free host:port, or to off`,
-            { cause: err },
-          ),
+    const ports = port === 0 ? 1 : Math.max(1, Math.min(this.#options.ports ?? 1, 65536 - port));
+    for (let i = 0; ; i++) {
+      try {
+        await this.#listenOn(host, port + i);
+        break;
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'EADDRINUSE' && i + 1 < ports) continue;
+        const where = ports > 1 ? `${formatListenAddress({ host, port })}-${port + ports - 1}` : formatListenAddress({ host, port });
+        const why = code === 'EADDRINUSE' ? (ports > 1 ? 'every port is in use' : 'the port is already in use') : (code ?? (err as Error).message);
+        throw new RevdialError(
+          ErrorCodes.OPS_LISTEN_FAILED,
+          `cannot serve /healthz, /readyz and /metrics on ${where} (${why}): set ${METRICS_ADDR_ENV} or --metrics-addr to a free host:port, or to off`,
+          { cause: err },
         );
-      };
+      }
+    }
+    this.server.on('error', (err) => this.#options.log.warn({ err }, 'operations server error'));
+    this.#loopDelay.enable();
+    return this.server.address() as AddressInfo;
+  }
+
+  #listenOn(host: string, port: number): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const onError = (err: Error): void => reject(err);
       this.server.once('error', onError);
       this.server.listen(port, host, () => {
         this.server.removeListener('error', onError);
         resolve();
       });
     });
-    this.server.on('error', (err) => this.#options.log.warn({ err }, 'operations server error'));
-    this.#loopDelay.enable();
-    return this.server.address() as AddressInfo;
   }
 
   async close(): Promise<void> {
