@@ -56,7 +56,7 @@ export class TokenFile {
   constructor(path: string, options: { rereadMs?: number; now?: () => number } = {}) {
     this.path = path;
     this.#rereadMs = options.rereadMs ?? 1000;
-    this.#now = options.now ?? Date.now;
+    this.#now = options.now ?? (() => Date.now());
     this.#last = readTokenFile(path);
     this.#readAt = this.#now();
   }

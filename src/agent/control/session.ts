@@ -20,7 +20,7 @@ import type { Logger } from 'pino';
 import type WebSocket from 'ws';
 import { type Clock, type Timer, systemClock } from '../clock.js';
 import { ErrorCodes, RevdialError, describe } from '../errors.js';
-import type { LogLimiter } from '../log-limiter.js';
+import { LogLimiter } from '../log-limiter.js';
 import { type ControlMessage, LineReader, encodeControlMessage, parseControlLine } from './framing.js';
 
 export interface ControlSessionOptions {
@@ -70,6 +70,7 @@ export class ControlSession {
   /** Frames ws had already read when reading paused (at most a socket read's worth). */
   #heldFrames: Buffer[] = [];
   #dropped = 0;
+  readonly #limiter: LogLimiter;
   readonly #highWater: number;
   readonly #maxQueue: number;
   #resolveClosed!: (end: SessionEnd) => void;
@@ -80,6 +81,7 @@ export class ControlSession {
     this.#options = options;
     this.#clock = options.clock ?? systemClock;
     this.#reader = new LineReader(options.maxLineBytes);
+    this.#limiter = options.limiter ?? new LogLimiter({ clock: this.#clock });
     this.#highWater = options.sendHighWaterBytes ?? DEFAULT_SEND_HIGH_WATER_BYTES;
     this.#maxQueue = Math.max(this.#highWater, options.maxSendQueueBytes ?? DEFAULT_MAX_SEND_QUEUE_BYTES);
     this.#openedAt = this.#clock.now();
@@ -157,8 +159,7 @@ export class ControlSession {
   }
 
   #warn(kind: string, fields: Record<string, unknown>, msg: string): void {
-    if (this.#options.limiter) this.#options.limiter.warn(this.#options.log, kind, fields, msg);
-    else this.#options.log.warn(fields, msg);
+    this.#limiter.warn(this.#options.log, kind, fields, msg);
   }
 
   /**

@@ -125,12 +125,18 @@ export class OpsServer {
 
   #listenOn(host: string, port: number): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      const onError = (err: Error): void => reject(err);
-      this.server.once('error', onError);
-      this.server.listen(port, host, () => {
+      // Both listeners go on either outcome: a range of tries must not pile them up.
+      const onError = (err: Error): void => {
+        this.server.removeListener('listening', onListening);
+        reject(err);
+      };
+      const onListening = (): void => {
         this.server.removeListener('error', onError);
         resolve();
-      });
+      };
+      this.server.once('error', onError);
+      this.server.once('listening', onListening);
+      this.server.listen(port, host);
     });
   }
 
