@@ -12,8 +12,9 @@
 #    promtool test rules on monitoring/alerts.yaml (metric names:
 #    test/deploy/monitoring.test.ts)
 # 3. npm run package, then the executable in an empty environment
-# 4. systemd-analyze verify on the unit (ExecStart pointed at the built binary),
-#    and systemd-analyze security with a ceiling on the exposure score
+# 4. systemd-analyze verify on the unit and on an instance of the template unit
+#    (ExecStart pointed at the built binary), and systemd-analyze security with a
+#    ceiling on the exposure score of both
 # 5. the embedded control plane carries requests through the packaged executable
 #    (build/dev/demo.js --agent-cmd); then, for it and for the node launcher,
 #    start-to-connected times, each run also carrying one request and exiting 0
@@ -32,6 +33,7 @@ RUNS=${REVDIAL_STARTUP_RUNS:-10}
 node=node_modules/.bin/node
 bin=dist/wolf-revdial-client
 unit=systemd/wolf-revdial-client.service
+template=systemd/wolf-revdial-client@.service
 
 step() { printf '\n== %s\n' "$*"; }
 fail() { echo "ci-deploy-checks: FAIL: $*" >&2; exit 1; }
@@ -92,15 +94,17 @@ declare -A MIN_SYSTEMD=([restart-backoff.conf]=254)
 # verify_unit UNIT: the unit alone must verify silently on this systemd; each of
 # its drop-ins must verify silently on the versions it is meant for, and below
 # those print nothing but "Unknown key" for its own keys (so it is really read,
-# and the unit without it is what older systemd gets).
+# and the unit without it is what older systemd gets). verify_unit TEMPLATE INSTANCE
+# checks a template unit (name@.service) as that instance of it (name@INSTANCE.service).
 verify_unit() {
-  local unit=$1 name dir out dropin conf keys
+  local unit=$1 instance=${2:-} name dir out dropin conf keys target
   name="$(basename "$unit")"
   dir="$work/verify-$name"
   mkdir -p "$dir"
   sed "s#^ExecStart=/usr/local/bin/wolf-revdial-client\$#ExecStart=$PWD/$bin#" "$unit" >"$dir/$name"
   grep -q "^ExecStart=$PWD/$bin\$" "$dir/$name" || fail "$unit: expected ExecStart=/usr/local/bin/wolf-revdial-client"
-  out="$(systemd-analyze verify "$dir/$name" 2>&1)" || { echo "$out"; fail "systemd-analyze verify $unit"; }
+  target="$dir/${name/@./@$instance.}"
+  out="$(systemd-analyze verify "$target" 2>&1)" || { echo "$out"; fail "systemd-analyze verify $unit"; }
   [ -z "$out" ] || { echo "$out"; fail "systemd-analyze verify $unit printed warnings on systemd $systemd_version"; }
   echo "ok: $unit (systemd $systemd_version)"
   for dropin in "$unit.d"/*.conf; do
@@ -109,7 +113,7 @@ verify_unit() {
     [ -n "${MIN_SYSTEMD[$conf]:-}" ] || fail "$dropin: add its minimum systemd version to MIN_SYSTEMD in $0"
     mkdir -p "$dir/$name.d"
     cp "$dropin" "$dir/$name.d/"
-    out="$(systemd-analyze verify "$dir/$name" 2>&1)" || { echo "$out"; fail "systemd-analyze verify $unit + $dropin"; }
+    out="$(systemd-analyze verify "$target" 2>&1)" || { echo "$out"; fail "systemd-analyze verify $unit + $dropin"; }
     if [ "$systemd_version" -ge "${MIN_SYSTEMD[$conf]}" ]; then
       [ -z "$out" ] || { echo "$out"; fail "systemd-analyze verify $unit + $dropin printed warnings"; }
       echo "ok: $dropin verified (systemd $systemd_version)"
@@ -127,6 +131,7 @@ verify_unit() {
 }
 verify_unit "$unit"
 cp "$work/verify-$(basename "$unit")/$(basename "$unit")" "$work/wolf-revdial-client.service"
+verify_unit "$template" gpu0
 
 step "systemd-analyze security"
 systemd-analyze security --offline=true "$work/wolf-revdial-client.service" 2>/dev/null >"$work/security.txt" || true
@@ -136,6 +141,13 @@ score="$(sed -n 's/.*Overall exposure level for wolf-revdial-client.service: \([
 tail -n 1 "$work/security.txt"
 awk -v s="$score" -v max="$MAX_EXPOSURE" 'BEGIN { exit !(s <= max) }' \
   || fail "exposure $score is above $MAX_EXPOSURE: the unit lost hardening"
+# The template unit carries the same hardening: one instance of it, same ceiling.
+systemd-analyze security --offline=true "$work/verify-wolf-revdial-client@.service/wolf-revdial-client@gpu0.service" 2>/dev/null >"$work/security-template.txt" || true
+score="$(sed -n 's/.*Overall exposure level for wolf-revdial-client@gpu0.service: \([0-9.]*\).*/\1/p' "$work/security-template.txt")"
+[ -n "$score" ] || { cat "$work/security-template.txt"; fail "no exposure score for $template"; }
+tail -n 1 "$work/security-template.txt"
+awk -v s="$score" -v max="$MAX_EXPOSURE" 'BEGIN { exit !(s <= max) }' \
+  || fail "$template: exposure $score is above $MAX_EXPOSURE: the template lost hardening"
 
 step "packaged executable carries requests through the embedded control plane"
 "$node" build/dev/demo.js --agent-cmd "$PWD/$bin" --quiet

@@ -218,6 +218,16 @@ describe('deployment files set only variables the agent accepts', () => {
     check('systemd/wolf-revdial-client.service', names);
   });
 
+  test('systemd template unit (one instance per Wolf)', () => {
+    const unit = readFileSync(join(root, 'systemd/wolf-revdial-client@.service'), 'utf8');
+    const names = [...unit.matchAll(/^Environment=([A-Za-z_][A-Za-z0-9_]*)=/gm)].map((m) => m[1]!);
+    for (const m of unit.matchAll(/printf '([^']*)'/g)) for (const v of m[1]!.matchAll(/([A-Z_]+)=/g)) names.push(v[1]!);
+    check('systemd/wolf-revdial-client@.service', names);
+    // Instances share a host: none may pin the metrics address, or the second would exit 2.
+    assert.doesNotMatch(unit, /^Environment=REVDIAL_METRICS_ADDR=/m);
+    assert.match(unit, /^EnvironmentFile=\/etc\/wolf-revdial-client\/%i\.env$/m);
+  });
+
   test('k8s agent container', () => {
     const names: string[] = [];
     // The base and every overlay's patches (kustomize: k8s/base, k8s/overlays/*).

@@ -142,68 +142,72 @@ class HostilePlane {
   }
 }
 
-test(`figure: ${FLOOD} conn-ready from a plane that never reads: RSS <= ${MAX_RSS_MIB} MiB, <= ${MAX_STDOUT_LINES} lines, served again within 5 s`, { timeout: 180_000 }, async (t) => {
-  const hostile = new HostilePlane();
-  const hostilePort = await hostile.listen();
-  t.after(() => hostile.close());
-  const plane = await startPlane(t, { graceMs: 15_000 });
-  const { local } = await startWolf(t);
-  const relay = new FaultRelay(hostilePort);
-  await relay.listen();
-  t.after(() => relay.close());
+test(
+  `figure: ${FLOOD} conn-ready from a plane that never reads: RSS <= ${MAX_RSS_MIB} MiB, <= ${MAX_STDOUT_LINES} lines, served again within 5 s`,
+  { timeout: 180_000 },
+  async (t) => {
+    const hostile = new HostilePlane();
+    const hostilePort = await hostile.listen();
+    t.after(() => hostile.close());
+    const plane = await startPlane(t, { graceMs: 15_000 });
+    const { local } = await startWolf(t);
+    const relay = new FaultRelay(hostilePort);
+    await relay.listen();
+    t.after(() => relay.close());
 
-  const runnerId = 'wolf-flood';
-  const agent = spawnProbedAgent(t, {
-    HELIX_API_URL: relay.url,
-    WOLF_ID: 'flood',
-    WOLF_LOCAL_ADDR: local,
-    REVDIAL_PING_INTERVAL: '1',
-    REVDIAL_PING_TIMEOUT: '3',
-  });
-  const pid = agent.child.pid!;
-  let peakKiB = 0;
-  const sampler = setInterval(() => {
-    try {
-      peakKiB = Math.max(peakKiB, memory(pid).peakRssKiB);
-    } catch {
-      /* exited */
-    }
-  }, 250);
-  t.after(() => clearInterval(sampler));
+    const runnerId = 'wolf-flood';
+    const agent = spawnProbedAgent(t, {
+      HELIX_API_URL: relay.url,
+      WOLF_ID: 'flood',
+      WOLF_LOCAL_ADDR: local,
+      REVDIAL_PING_INTERVAL: '1',
+      REVDIAL_PING_TIMEOUT: '3',
+    });
+    const pid = agent.child.pid!;
+    let peakKiB = 0;
+    const sampler = setInterval(() => {
+      try {
+        peakKiB = Math.max(peakKiB, memory(pid).peakRssKiB);
+      } catch {
+        /* exited */
+      }
+    }, 250);
+    t.after(() => clearInterval(sampler));
 
-  const started = Date.now();
-  await hostile.done;
-  const floodMs = Date.now() - started;
-  const stalled = agent.logs.count((l) => l.code === 'REVDIAL_CONTROL_SEND_STALLED');
-  // The flood is over: a normal control plane replaces the hostile one at the same address.
-  relay.retarget(Number(new URL(plane.url).port));
-  await hostile.close();
-  const takenOverAt = Date.now();
-  const res = await plane.request(runnerId, { path: '/api/v1/system/health' }).catch((err: unknown) => {
-    throw new Error(`not served after the flood (${String(err)}); agent log tail:\n${agent.logs.raw.slice(-10).join('\n')}`);
-  });
-  const servedMs = Date.now() - takenOverAt;
-  assert.equal(res.statusCode, 200);
-  await readBody(res);
+    const started = Date.now();
+    await hostile.done;
+    const floodMs = Date.now() - started;
+    const stalled = agent.logs.count((l) => l.code === 'REVDIAL_CONTROL_SEND_STALLED');
+    // The flood is over: a normal control plane replaces the hostile one at the same address.
+    relay.retarget(Number(new URL(plane.url).port));
+    await hostile.close();
+    const takenOverAt = Date.now();
+    const res = await plane.request(runnerId, { path: '/api/v1/system/health' }).catch((err: unknown) => {
+      throw new Error(`not served after the flood (${String(err)}); agent log tail:\n${agent.logs.raw.slice(-10).join('\n')}`);
+    });
+    const servedMs = Date.now() - takenOverAt;
+    assert.equal(res.statusCode, 200);
+    await readBody(res);
 
-  peakKiB = Math.max(peakKiB, memory(pid).peakRssKiB);
-  const peakMiB = peakKiB / 1024;
-  const lines = agent.logs.raw.length;
-  const codes = new Map<string, number>();
-  for (const l of agent.logs.lines) if (l.code) codes.set(l.code, (codes.get(l.code) ?? 0) + 1);
-  const suppressed = agent.logs.lines.reduce((n, l) => n + (typeof l.suppressed === 'number' ? l.suppressed : 0), 0);
-  t.diagnostic(
-    `flood of ${FLOOD} conn-ready over ${hostile.controlConnections} control connections in ${floodMs} ms ` +
-      `(${stalled} dropped by the agent for not reading); ` +
-      `data connections ${hostile.dataTotal} (at most ${hostile.dataPeak} at once); agent peak RSS ${peakMiB.toFixed(1)} MiB; ` +
-      `${lines} stdout lines (${suppressed} warnings counted, not printed); served ${servedMs} ms after the normal plane took over`,
-  );
-  t.diagnostic(`log lines by code: ${JSON.stringify(Object.fromEntries(codes))}`);
-  if (process.env.FLOOD_LOG) for (const l of agent.logs.raw) t.diagnostic(l);
-  assert.ok(stalled >= 1, 'the agent never dropped a control connection whose peer read nothing');
-  assert.ok(peakMiB <= MAX_RSS_MIB, `peak RSS ${peakMiB.toFixed(1)} MiB`);
-  assert.ok(lines <= MAX_STDOUT_LINES, `${lines} lines on stdout`);
-  assert.ok(hostile.dataPeak <= PICKUP_SLOTS, `${hostile.dataPeak} data connections at once`);
-  assert.ok(servedMs <= SERVE_WITHIN_MS, `served ${servedMs} ms after the normal plane took over`);
-  assert.ok(!agent.logs.lines.some((l) => l.level === 'fatal'));
-});
+    peakKiB = Math.max(peakKiB, memory(pid).peakRssKiB);
+    const peakMiB = peakKiB / 1024;
+    const lines = agent.logs.raw.length;
+    const codes = new Map<string, number>();
+    for (const l of agent.logs.lines) if (l.code) codes.set(l.code, (codes.get(l.code) ?? 0) + 1);
+    const suppressed = agent.logs.lines.reduce((n, l) => n + (typeof l.suppressed === 'number' ? l.suppressed : 0), 0);
+    t.diagnostic(
+      `flood of ${FLOOD} conn-ready over ${hostile.controlConnections} control connections in ${floodMs} ms ` +
+        `(${stalled} dropped by the agent for not reading); ` +
+        `data connections ${hostile.dataTotal} (at most ${hostile.dataPeak} at once); agent peak RSS ${peakMiB.toFixed(1)} MiB; ` +
+        `${lines} stdout lines (${suppressed} warnings counted, not printed); served ${servedMs} ms after the normal plane took over`,
+    );
+    t.diagnostic(`log lines by code: ${JSON.stringify(Object.fromEntries(codes))}`);
+    if (process.env.FLOOD_LOG) for (const l of agent.logs.raw) t.diagnostic(l);
+    assert.ok(stalled >= 1, 'the agent never dropped a control connection whose peer read nothing');
+    assert.ok(peakMiB <= MAX_RSS_MIB, `peak RSS ${peakMiB.toFixed(1)} MiB`);
+    assert.ok(lines <= MAX_STDOUT_LINES, `${lines} lines on stdout`);
+    assert.ok(hostile.dataPeak <= PICKUP_SLOTS, `${hostile.dataPeak} data connections at once`);
+    assert.ok(servedMs <= SERVE_WITHIN_MS, `served ${servedMs} ms after the normal plane took over`);
+    assert.ok(!agent.logs.lines.some((l) => l.level === 'fatal'));
+  },
+);

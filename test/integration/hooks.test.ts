@@ -13,12 +13,10 @@ import { sha256Of, startAgent, startPlane, startWolf } from '../helpers/harness.
 const SIZE = 2 * 1024 * 1024;
 
 function throwingObserver(calls: Map<string, number>): AgentObserver {
-  const hook =
-    (name: string) =>
-    (): void => {
-      calls.set(name, (calls.get(name) ?? 0) + 1);
-      throw new Error(`${name} is broken`);
-    };
+  const hook = (name: string) => (): void => {
+    calls.set(name, (calls.get(name) ?? 0) + 1);
+    throw new Error(`${name} is broken`);
+  };
   return {
     controlConnected: hook('controlConnected'),
     controlDisconnected: hook('controlDisconnected'),
@@ -53,12 +51,15 @@ test('a log destination that throws on every line: tunnels still carry their byt
   const plane = await startPlane(t);
   const { local } = await startWolf(t);
   let writes = 0;
-  const log = pino({ level: 'debug' }, {
-    write: () => {
-      writes++;
-      throw new Error('log sink is broken');
+  const log = pino(
+    { level: 'debug' },
+    {
+      write: () => {
+        writes++;
+        throw new Error('log sink is broken');
+      },
     },
-  });
+  );
   const stderrWrite = process.stderr.write;
   t.after(() => {
     process.stderr.write = stderrWrite;

@@ -103,7 +103,10 @@ test('an explicit --metrics-addr in use is still fatal (exit 2)', async (t) => {
   await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
   t.after(() => new Promise<void>((resolve) => busy.close(() => resolve())));
   const port = (busy.address() as AddressInfo).port;
-  const agent = spawnAgent(t, agentEnv({ HELIX_API_URL: 'http://127.0.0.1:9', WOLF_ID: 'explicit', RUNNER_TOKEN: TOKEN, REVDIAL_METRICS_ADDR: `127.0.0.1:${port}` }));
+  const agent = spawnAgent(
+    t,
+    agentEnv({ HELIX_API_URL: 'http://127.0.0.1:9', WOLF_ID: 'explicit', RUNNER_TOKEN: TOKEN, REVDIAL_METRICS_ADDR: `127.0.0.1:${port}` }),
+  );
   const { code } = await agent.exited;
   assert.equal(code, 2);
 });

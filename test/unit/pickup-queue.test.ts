@@ -28,7 +28,10 @@ test('a burst: 4 run, 8 wait, the rest refused; every accepted item runs, oldest
     release.shift()?.();
     await new Promise((r) => setImmediate(r));
   }
-  assert.deepEqual(started, Array.from({ length: 12 }, (_, i) => i));
+  assert.deepEqual(
+    started,
+    Array.from({ length: 12 }, (_, i) => i),
+  );
   assert.equal(peak, 4);
   assert.equal(q.running, 0);
   assert.equal(q.queued, 0);

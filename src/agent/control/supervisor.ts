@@ -419,7 +419,10 @@ export class Agent {
     const waited = this.#clock.now() - request.at;
     const remaining = this.#o.pickupTimeoutMs - waited;
     if (remaining <= 0) {
-      const err = new RevdialError(ErrorCodes.PICKUP_TIMEOUT, `waited ${waited} ms for a pick-up slot, longer than the pick-up time limit (${this.#o.pickupTimeoutMs} ms)`);
+      const err = new RevdialError(
+        ErrorCodes.PICKUP_TIMEOUT,
+        `waited ${waited} ms for a pick-up slot, longer than the pick-up time limit (${this.#o.pickupTimeoutMs} ms)`,
+      );
       this.#refuse(session, connPath, 'pickup_timeout', err);
       return Promise.resolve();
     }
