@@ -60,12 +60,12 @@ test('a log destination that throws on every line: tunnels still carry their byt
       },
     },
   );
-  const stderrWrite = process.stderr.write;
+  const stderrWrite = process.stderr.write.bind(process.stderr);
   t.after(() => {
     process.stderr.write = stderrWrite;
   });
   // The guard reports the first failure on stderr: keep it out of the test output.
-  process.stderr.write = (() => true) as typeof process.stderr.write;
+  process.stderr.write = () => true;
   const { agent, runnerId } = startAgent(t, plane, local, { log });
   await plane.waitForRunner(runnerId, 10_000);
   for (let i = 0; i < 3; i++) {

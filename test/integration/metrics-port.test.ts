@@ -38,7 +38,7 @@ function opsServer(port: number, ports: number, log: LogCapture): OpsServer {
     address: { host: '127.0.0.1', port },
     ports,
     readiness: () => ({ ready: true }),
-    metrics: async () => ({ contentType: 'text/plain', body: '' }),
+    metrics: () => Promise.resolve({ contentType: 'text/plain', body: '' }),
     log: log.log,
   });
 }

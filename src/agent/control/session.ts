@@ -195,8 +195,10 @@ export class ControlSession {
     // only if all of it was taken without blocking again.
     if (!this.#dispatchLines(this.#pendingLines.splice(0))) return;
     while (this.#heldFrames.length > 0) {
-      if (!this.#consume(this.#heldFrames.shift() as Buffer)) return;
+      if (!this.#consume(this.#heldFrames.shift()!)) return;
     }
+    // Dispatching may have closed the connection; the type checker still sees the check above.
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
     if (this.#ws.readyState === this.#ws.OPEN) this.#ws.resume();
   };
 
@@ -256,16 +258,14 @@ export class ControlSession {
     for (let i = 0; i < lines.length; i++) {
       let msg: ControlMessage | null;
       try {
-        msg = parseControlLine(lines[i] as Buffer);
+        msg = parseControlLine(lines[i]!);
       } catch (err) {
         this.#fail(err as RevdialError);
         return false;
       }
       if (msg !== null) this.#dispatch(msg);
-      // #dispatch may have ended the session or blocked reading; the type checker cannot see that.
-      // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
+      // #dispatch may have ended the session or blocked reading.
       if (this.#endReason !== undefined) return false;
-      // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
       if (this.#sendBlocked) {
         this.#pendingLines = lines.slice(i + 1);
         return false;

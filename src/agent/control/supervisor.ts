@@ -283,6 +283,8 @@ export class Agent {
       let delay: number;
       try {
         const end = await this.#attempt();
+        // The signal may have been aborted while the connection was up; the type checker cannot see that.
+        // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
         if (end === undefined || signal.aborted) break;
         attempt = 0;
         const now = this.#clock.now();
