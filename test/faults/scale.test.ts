@@ -172,7 +172,10 @@ test(
     assert.equal(
       agent.logs.count((l) => l.level === 'warn' || l.level === 'error'),
       0,
-      'no tunnel broke or was refused',
+      `no tunnel broke or was refused: ${agent.logs.raw
+        .filter((l) => /"level":"(warn|error)"/.test(l))
+        .slice(0, 5)
+        .join('\n')}`,
     );
     const peakMiB = peak.peakRssKiB / 1024;
     assert.ok(peakMiB < PEAK_RSS_BOUND_MIB, `agent peak RSS ${peakMiB.toFixed(1)} MiB`);
