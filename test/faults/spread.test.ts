@@ -2,7 +2,7 @@
  * Issue 5, figure 9: 200 agents (one process, real timers) lose the control
  * plane at the same moment. Their reconnect attempts must be spread out by
  * jitter, not synchronized. Each agent's first attempt time is taken from
- * the observer (`controlAttemptFailed` reports the delay p-retry chose) and,
+ * the observer (`controlAttemptFailed` reports the delay backoff.ts chose) and,
  * for the connection itself, from the plane's 'dialer' event; the
  * distribution is reported in 5%-of-cap buckets.
  */

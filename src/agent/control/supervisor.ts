@@ -146,9 +146,9 @@ export class Agent {
   constructor(options: AgentOptions) {
     const reconnectMaxMs = options.reconnectMaxMs;
     this.#o = {
-      // Half the cap at most: p-retry draws the first wait from [min, 2*min]
-      // and clips it to the cap, so min == cap gave every agent exactly the
-      // cap (no jitter: a fleet dropped together came back together).
+      // Half the cap at most: waits are drawn from [min, 2*min] and clipped
+      // to the cap, so min == cap would give every agent exactly the cap (no
+      // jitter: a fleet dropped together would come back together).
       reconnectMinMs: Math.min(500, reconnectMaxMs / 2),
       fastRetryWindowMs: DEFAULT_FAST_WINDOW_MS,
       healthyAfterMs: DEFAULT_HEALTHY_AFTER_MS,
