@@ -152,7 +152,9 @@ test(
         `back after listen (agent clock, ms) p50=${percentile(backMs, 50)} p95=${percentile(backMs, 95)} max=${Math.max(...backMs)}`,
     );
 
-    // A long outage: the waits grow toward the cap, jittered.
+    // A long outage, after a connection that was up 2 s (one that drops sooner
+    // would not end the last outage): the waits grow toward the cap, jittered.
+    await stepUntil(() => false, 2_000);
     const lost = until(() => !agent.connected);
     await plane.close();
     await lost;
