@@ -10,34 +10,13 @@ import net, { type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { buildProgram, resolveConfig } from '../../src/agent/config.js';
 import { installRegistryApi } from '../../dev/control-plane/registry-api.js';
 import { Registry, type WolfInstance } from '../../dev/control-plane/registry.js';
 import { ErrorCodes } from '../../src/agent/errors.js';
 import { detectGpuType } from '../../src/agent/registry/gpu-detect.js';
+import { configOf } from '../helpers/config.js';
 import { TOKEN, agentEnv, spawnAgent, startPlane, startWolf } from '../helpers/harness.js';
 import { get, sample } from '../helpers/ops.js';
-
-const BASE_ENV = { HELIX_API_URL: 'https://api.example.com', WOLF_ID: 'box-1', RUNNER_TOKEN: 'tok' };
-
-function configOf(args: string[], env: NodeJS.ProcessEnv = {}, gpuPaths?: { dev: string; drmClass: string }) {
-  const program = buildProgram()
-    .exitOverride()
-    .configureOutput({ writeErr: () => undefined });
-  const full = { ...BASE_ENV, ...env };
-  // commander reads variables from process.env; set them for the parse only.
-  const saved = { ...process.env };
-  Object.assign(process.env, full);
-  try {
-    program.parse(args, { from: 'user' });
-    return resolveConfig(program, full, gpuPaths ? { gpuPaths } : {});
-  } finally {
-    // Deleting is the only way to unset an environment variable.
-    // eslint-disable-next-line @typescript-eslint/no-dynamic-delete
-    for (const k of Object.keys(full)) if (!(k in saved)) delete process.env[k];
-    Object.assign(process.env, saved);
-  }
-}
 
 test('defaults of the operations options', () => {
   const c = configOf([], {}, { dev: '/nonexistent', drmClass: '/nonexistent' });

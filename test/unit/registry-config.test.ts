@@ -13,33 +13,14 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { installSandboxHostsApi } from '../../dev/control-plane/sandbox-hosts-api.js';
 import { type HeartbeatBody, type SandboxHost, SandboxHosts } from '../../dev/control-plane/sandbox-hosts.js';
-import { VERSION, buildProgram, resolveConfig } from '../../src/agent/config.js';
+import { VERSION } from '../../src/agent/config.js';
 import { ErrorCodes } from '../../src/agent/errors.js';
 import { detectGpu } from '../../src/agent/registry/gpu-detect.js';
 import { backoffDelay, sandboxIdOf } from '../../src/agent/registry/http.js';
 import { diskUsageOf, parseDiskPaths } from '../../src/agent/registry/sandboxes.js';
+import { configOf } from '../helpers/config.js';
 import { TOKEN, agentEnv, spawnAgent, startPlane, startWolf } from '../helpers/harness.js';
 import { get, sample } from '../helpers/ops.js';
-
-const BASE_ENV = { HELIX_API_URL: 'https://api.example.com', WOLF_ID: 'box-1', RUNNER_TOKEN: 'tok' };
-
-function configOf(args: string[], env: NodeJS.ProcessEnv = {}, gpuPaths?: { dev: string; drmClass: string }) {
-  const program = buildProgram()
-    .exitOverride()
-    .configureOutput({ writeErr: () => undefined });
-  const full = { ...BASE_ENV, ...env };
-  const saved = { ...process.env };
-  Object.assign(process.env, full);
-  try {
-    program.parse(args, { from: 'user' });
-    return resolveConfig(program, full, gpuPaths ? { gpuPaths } : {});
-  } finally {
-    // Deleting is the only way to unset an environment variable.
-    // eslint-disable-next-line @typescript-eslint/no-dynamic-delete
-    for (const k of Object.keys(full)) if (!(k in saved)) delete process.env[k];
-    Object.assign(process.env, saved);
-  }
-}
 
 const roots: string[] = [];
 after(() => {
