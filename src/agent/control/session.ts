@@ -61,6 +61,8 @@ export class ControlSession {
   #endReason: RevdialError | undefined;
   #pingTimer: Timer | undefined;
   #deadTimer: Timer | undefined;
+  /** When the last frame, ping or pong arrived (clock time). */
+  #lastAlive = 0;
   #backstop: Timer | undefined;
   #stallTimer: Timer | undefined;
   /** Reading is paused because the peer is not reading what we send. */
@@ -206,12 +208,25 @@ export class ControlSession {
     if (this.#ws.readyState === this.#ws.OPEN && !this.#sendBlocked) this.#ws.ping();
   };
 
+  /**
+   * Called for every frame, ping and pong: it only notes the time. One timer
+   * runs at a time and, when it fires early, re-arms for what is left, so a
+   * busy connection does not cancel and create a Node timer per message (that
+   * churn cost 2.6 s of 7.6 s busy in a profile of 5,000 tunnels with warm
+   * connections open).
+   */
   #armDeadline(): void {
-    this.#clock.clearTimeout(this.#deadTimer);
-    this.#deadTimer = this.#clock.setTimeout(this.#onDeadline, this.#options.pingTimeoutMs);
+    this.#lastAlive = this.#clock.now();
+    this.#deadTimer ??= this.#clock.setTimeout(this.#onDeadline, this.#options.pingTimeoutMs);
   }
 
   #onDeadline = (): void => {
+    this.#deadTimer = undefined;
+    const left = this.#lastAlive + this.#options.pingTimeoutMs - this.#clock.now();
+    if (left > 0) {
+      this.#deadTimer = this.#clock.setTimeout(this.#onDeadline, left);
+      return;
+    }
     this.#fail(
       new RevdialError(
         ErrorCodes.PING_TIMEOUT,
