@@ -103,44 +103,39 @@ export class DirectConnector implements ControlPlaneConnector {
     const tls = this.#tls;
     const options = tls.connectOptions(host, port);
     const offered = options.session !== undefined;
-    return new Promise((resolve, reject) => {
-      const socket = tlsConnect(tunnel ? { ...options, socket: tunnel } : options);
-      // Every ticket the server sends replaces the last: the next connection offers the newest.
-      socket.on('session', (session: Buffer) => tls.rememberSession(host, port, session));
-      const done = (err: Error | undefined): void => {
-        socket.removeListener('secureConnect', onSecure);
-        socket.removeListener('error', onError);
-        signal.removeEventListener('abort', onAbort);
-        if (err) {
-          socket.destroy();
-          reject(err);
-        } else {
-          resolve(socket);
-        }
-      };
-      const onSecure = (): void => done(undefined);
-      const onError = (err: NodeJS.ErrnoException): void => {
-        // A session the server will not take makes it fall back to a full
-        // handshake, not fail; still, a handshake that failed with one offered
-        // must not keep offering it.
-        if (offered) tls.forgetSession(host, port);
-        done(connectError(url, err));
-      };
-      const onAbort = (): void => done(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
-      socket.once('secureConnect', onSecure);
-      socket.on('error', onError);
-      signal.addEventListener('abort', onAbort, { once: true });
+    const socket = tlsConnect(tunnel ? { ...options, socket: tunnel } : options);
+    // Every ticket the server sends replaces the last: the next connection offers the newest.
+    socket.on('session', (session: Buffer) => tls.rememberSession(host, port, session));
+    return settleConnect(socket, 'secureConnect', signal, (err) => {
+      // A session the server will not take makes it fall back to a full
+      // handshake, not fail; still, a handshake that failed with one offered
+      // must not keep offering it.
+      if (offered) tls.forgetSession(host, port);
+      return connectError(url, err);
     });
   }
 }
 
 function plainConnect(url: URL, host: string, port: number, tunnel: Socket | undefined, signal: AbortSignal): Promise<Socket> {
   if (tunnel) return Promise.resolve(tunnel);
+  return settleConnect(netConnect({ host, port }), 'connect', signal, (err) => connectError(url, err));
+}
+
+/**
+ * Resolves with `socket` on `event`, or rejects with `onError`'s coded error
+ * (or the abort reason) and destroys it; every listener it added is removed
+ * on either path.
+ */
+function settleConnect<S extends Socket>(
+  socket: S,
+  event: 'connect' | 'secureConnect',
+  signal: AbortSignal,
+  onError: (err: NodeJS.ErrnoException) => Error,
+): Promise<S> {
   return new Promise((resolve, reject) => {
-    const socket = netConnect({ host, port });
     const done = (err: Error | undefined): void => {
-      socket.removeListener('connect', onConnect);
-      socket.removeListener('error', onError);
+      socket.removeListener(event, onReady);
+      socket.removeListener('error', onSocketError);
       signal.removeEventListener('abort', onAbort);
       if (err) {
         socket.destroy();
@@ -149,11 +144,11 @@ function plainConnect(url: URL, host: string, port: number, tunnel: Socket | und
         resolve(socket);
       }
     };
-    const onConnect = (): void => done(undefined);
-    const onError = (err: NodeJS.ErrnoException): void => done(connectError(url, err));
+    const onReady = (): void => done(undefined);
+    const onSocketError = (err: NodeJS.ErrnoException): void => done(onError(err));
     const onAbort = (): void => done(signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason)));
-    socket.once('connect', onConnect);
-    socket.on('error', onError);
+    socket.once(event, onReady);
+    socket.on('error', onSocketError);
     signal.addEventListener('abort', onAbort, { once: true });
   });
 }
