@@ -17,7 +17,7 @@
  *
  *   npm run bench -- --wan                       full run: 0 and 30 ms, 1 GiB transfers
  *   npm run bench -- --wan --smoke               short run for CI (npm run bench:wan:smoke)
- *   npm run bench -- --wan --rtt 0,30,80 --runs 3 --duration 6 --bulk-mib 1024 --bulk-runs 1
+ *   npm run bench -- --wan --rtt 0,30,80 --runs 3 --duration 6 --warmup 8 --bulk-mib 1024 --bulk-runs 1
  *   npm run bench -- --wan --link delay-line     force the link kind (veth, netem, delay-line)
  *
  * Needs root, `ip netns`, ping, wrk and openssl; anywhere else it says why in
@@ -54,14 +54,16 @@ interface Options {
   bulkRuns: number;
   /** How long each agent's idle CPU is sampled, right after it connected. */
   idleMs: number;
+  /** Seconds of load each agent gets at the highest concurrency before any figure is taken. */
+  warmupS: number;
   link?: LinkKind;
 }
 
 function parseArgs(argv: string[]): Options {
   const smoke = argv.includes('--smoke');
   const o: Options = smoke
-    ? { smoke, rtts: [0, 30], runs: 1, durationS: 2, concurrency: [1, 32], bulkBytes: 64 * MiB, bulkRuns: 1, idleMs: 2000 }
-    : { smoke, rtts: [0, 30], runs: 3, durationS: 6, concurrency: [1, 32], bulkBytes: GiB, bulkRuns: 1, idleMs: 5000 };
+    ? { smoke, rtts: [0, 30], runs: 1, durationS: 2, concurrency: [1, 32], bulkBytes: 64 * MiB, bulkRuns: 1, idleMs: 2000, warmupS: 4 }
+    : { smoke, rtts: [0, 30], runs: 3, durationS: 6, concurrency: [1, 32], bulkBytes: GiB, bulkRuns: 1, idleMs: 5000, warmupS: 8 };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = (): string => String(argv[++i]);
@@ -72,6 +74,7 @@ function parseArgs(argv: string[]): Options {
     else if (a === '--concurrency') o.concurrency = next().split(',').map(Number);
     else if (a === '--bulk-mib') o.bulkBytes = Number(next()) * MiB;
     else if (a === '--bulk-runs') o.bulkRuns = Number(next());
+    else if (a === '--warmup') o.warmupS = Number(next());
     else if (a === '--link') {
       const k = next();
       if (k !== 'veth' && k !== 'netem' && k !== 'delay-line') throw new Error(`--link: expected veth, netem or delay-line, not ${k}`);
@@ -367,9 +370,14 @@ async function runAtRtt(o: Options, rttMs: number, agentFlags: string, tmp: stri
     const idleS = Number(process.hrtime.bigint() - idleT0) / 1e9;
     agents.forEach((a, i) => push(figs, 'idle cpu', a.variant.key, ((cpuSeconds(a.pid) - (idle0[i] ?? 0)) / idleS) * 1e3));
 
-    // Warm-up: each path, a second at c=8 (TLS sessions, the pool's demand estimate, JIT).
-    await wrk(lab, script, directFront, 8, 1);
-    for (const a of agents) await wrk(lab, script, tunnelFront, 8, 1, a.runnerId);
+    // Warm-up: TLS sessions, the pool's demand estimate and, above all, V8's
+    // JIT. A tunnel runs each function of the path a few times, so the
+    // optimizing tiers take a couple of thousand tunnels to settle: after a
+    // second at c=8 the first run's CPU per tunnel read some 30% above the
+    // later ones. The agent is a daemon; the figures are for its steady state.
+    const warmC = Math.max(...o.concurrency);
+    await wrk(lab, script, directFront, warmC, 1);
+    for (const a of agents) await wrk(lab, script, tunnelFront, warmC, o.warmupS, a.runnerId);
 
     for (let run = 0; run < o.runs; run++) {
       for (const c of o.concurrency) {
