@@ -449,13 +449,19 @@ export class Agent {
   async #runTunnel(connPath: string, url: URL, session: ControlSession, pickupTimeoutMs: number, pickedUp: () => void): Promise<void> {
     const handle: TunnelHandle = { cancel: new AbortController() };
     this.#tunnels.add(handle);
-    const log = this.#log.child({ tunnel: ++this.#tunnelSeq });
+    const seq = ++this.#tunnelSeq;
+    // A pino child per tunnel costs more than the rest of a tunnel's bookkeeping
+    // (profiled at c=32): it is made only when a line is written, and debug
+    // lines are not built at all unless debug is on.
+    let tunnelLog: Logger | undefined;
+    const log = (): Logger => (tunnelLog ??= this.#log.child({ tunnel: seq }));
+    const debug = this.#log.isLevelEnabled('debug');
     const observer = this.#o.observer;
     observer.tunnelStarted?.();
     const options = pickupTimeoutMs < this.#tunnelOptions.pickupTimeoutMs ? { ...this.#tunnelOptions, pickupTimeoutMs } : this.#tunnelOptions;
     let result: TunnelResult;
     try {
-      log.debug({ path: url.pathname }, 'conn-ready: picking up');
+      if (debug) log().debug({ path: url.pathname }, 'conn-ready: picking up');
       const pair = await pickUp(
         {
           dialData: (signal, localReady) =>
@@ -467,7 +473,7 @@ export class Agent {
               pingIntervalMs: this.#o.pingIntervalMs,
               pingTimeoutMs: this.#o.pingTimeoutMs,
               upgradeAfter: localReady,
-              onStale: (err) => log.info({ code: codeOf(err) }, `Warm connection was dead at use; retrying the pick-up on a fresh one: ${describe(err, 200)}`),
+              onStale: (err) => log().info({ code: codeOf(err) }, `Warm connection was dead at use; retrying the pick-up on a fresh one: ${describe(err, 200)}`),
             }),
           dialLocal: (signal) =>
             dialLocal(this.#o.local, {
@@ -482,7 +488,7 @@ export class Agent {
       );
       pickedUp();
       observer.tunnelSetUp?.(pair.timing);
-      log.debug({ setupMs: pair.timing.setupMs }, 'tunnel open');
+      if (debug) log().debug({ setupMs: pair.timing.setupMs }, 'tunnel open');
       const { bridge, outcome } = startBridge(pair.data, pair.local, options);
       handle.bridge = bridge;
       const end = await outcome;
@@ -490,16 +496,19 @@ export class Agent {
       const fields = { result, endedBy: end.endedBy, bytesToLocal: end.bytesToLocal, bytesFromLocal: end.bytesFromLocal };
       // A tunnel that broke (not one that ended) is worth an operator's attention.
       if (end.error && (result === 'error' || result === 'ping_timeout')) {
-        this.#limiter.warn(log, `tunnel-error:${end.error.code}`, { ...fields, code: end.error.code }, `tunnel closed: ${end.error.message}`);
-      } else if (end.error) log.debug({ ...fields, code: end.error.code }, `tunnel closed: ${end.error.message}`);
-      else log.debug(fields, 'tunnel closed');
+        this.#limiter.warn(log(), `tunnel-error:${end.error.code}`, { ...fields, code: end.error.code }, `tunnel closed: ${end.error.message}`);
+      } else if (debug) {
+        if (end.error) log().debug({ ...fields, code: end.error.code }, `tunnel closed: ${end.error.message}`);
+        else log().debug(fields, 'tunnel closed');
+      }
     } catch (err) {
       pickedUp();
       result = pickupResult(err);
-      if (result === 'aborted') log.debug({ code: codeOf(err), result }, `Pick-up failed: ${describe(err, 400)}`);
-      else this.#limiter.warn(log, `pickup:${codeOf(err)}`, { code: codeOf(err), result }, `Pick-up failed: ${describe(err, 400)}`);
+      if (result === 'aborted') {
+        if (debug) log().debug({ code: codeOf(err), result }, `Pick-up failed: ${describe(err, 400)}`);
+      } else this.#limiter.warn(log(), `pickup:${codeOf(err)}`, { code: codeOf(err), result }, `Pick-up failed: ${describe(err, 400)}`);
       if (!session.send({ command: 'pickup-failed', connPath, err: pickupReason(err) })) {
-        log.debug('pickup-failed not sent: the control connection is gone or not reading');
+        if (debug) log().debug('pickup-failed not sent: the control connection is gone or not reading');
       }
     } finally {
       pickedUp();

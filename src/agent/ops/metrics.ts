@@ -94,6 +94,10 @@ export class AgentMetrics implements AgentObserver, RegistryObserver, Preconnect
   readonly #bytes: Counter<'direction'>;
   /** One child per direction, bound once: `bytes` runs for every chunk. */
   readonly #bytesBy = new Map<Direction, Counter.Internal>();
+  /** Label children bound once: a labelled `inc` hashes its labels on every call, and these run per tunnel. */
+  readonly #tunnelsBy = new Map<string, Counter.Internal>();
+  readonly #warmHit: Counter.Internal;
+  readonly #warmMiss: Counter.Internal;
   readonly #setup: Histogram;
   readonly #localDial: Histogram;
   readonly #heartbeats: Counter<'result'>;
@@ -212,7 +216,10 @@ export class AgentMetrics implements AgentObserver, RegistryObserver, Preconnect
       registers,
     });
     this.#warm.set(0);
-    for (const result of ['hit', 'miss']) this.#warmTaken.inc({ result }, 0);
+    this.#warmHit = this.#warmTaken.labels({ result: 'hit' });
+    this.#warmMiss = this.#warmTaken.labels({ result: 'miss' });
+    this.#warmHit.inc(0);
+    this.#warmMiss.inc(0);
     for (const reason of WARM_DROP_REASONS) this.#warmDropped.inc({ reason }, 0);
 
     this.#connected.set(0);
@@ -222,7 +229,11 @@ export class AgentMetrics implements AgentObserver, RegistryObserver, Preconnect
     this.#registered.set(0);
     for (const reason of labelsOf(DISCONNECT_REASONS)) this.#disconnects.inc({ reason }, 0);
     for (const reason of labelsOf(ATTEMPT_REASONS)) this.#attemptFailures.inc({ reason }, 0);
-    for (const result of Object.keys(TUNNEL_RESULTS)) this.#tunnels.inc({ result }, 0);
+    for (const result of Object.keys(TUNNEL_RESULTS)) {
+      const child = this.#tunnels.labels({ result });
+      child.inc(0);
+      this.#tunnelsBy.set(result, child);
+    }
     for (const direction of DIRECTIONS) {
       const child = this.#bytes.labels({ direction });
       child.inc(0);
@@ -266,7 +277,7 @@ export class AgentMetrics implements AgentObserver, RegistryObserver, Preconnect
     const kind = TUNNEL_RESULTS[result];
     // Defensive: a result this table does not know counts as an error instead of throwing.
     // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
-    this.#tunnels.inc({ result: kind === undefined ? 'error' : result });
+    this.#tunnelsBy.get(kind === undefined ? 'error' : result)?.inc();
     if (kind !== 'refusal') this.#tunnelsActive.dec();
   }
 
@@ -287,7 +298,7 @@ export class AgentMetrics implements AgentObserver, RegistryObserver, Preconnect
   }
 
   warmTaken(hit: boolean): void {
-    this.#warmTaken.inc({ result: hit ? 'hit' : 'miss' });
+    (hit ? this.#warmHit : this.#warmMiss).inc();
   }
 
   warmDropped(reason: WarmDropReason): void {
