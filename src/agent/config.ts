@@ -369,7 +369,7 @@ export function buildProgram(): Command {
     .addOption(
       new Option('--preconnect <n>', 'keep up to n TCP+TLS connections to the control plane open ahead of need (sized by demand); 0 turns it off')
         .env('REVDIAL_PRECONNECT')
-        .default(8)
+        .default(32)
         .argParser(preconnectArg),
     )
     .addOption(new Option('--check-config', 'validate the configuration, print it (token redacted) and exit'));

@@ -13,7 +13,7 @@ import net, { type AddressInfo, type Socket } from 'node:net';
 import { after, test, type TestContext } from 'node:test';
 import tls, { type TLSSocket } from 'node:tls';
 import { ErrorCodes } from '../../src/agent/errors.js';
-import { DirectConnector } from '../../src/agent/net/connector.js';
+import { type ControlPlaneConnector, DirectConnector } from '../../src/agent/net/connector.js';
 import { PreconnectPool, type PreconnectObserver, type WarmDropReason } from '../../src/agent/net/preconnect.js';
 import { TlsSettings } from '../../src/agent/net/tls-context.js';
 import { makeCerts } from '../helpers/certs.js';
@@ -202,6 +202,53 @@ test('demand sizes the pool: a burst raises the target, up to the cap', async (t
   // 31 s later the burst has left the window: back to one (the rest age out, not refilled).
   clock.tick(31_000);
   assert.equal(pool.target, 1);
+});
+
+test('under steady demand the refills on their way do not count against the target: the pool keeps up across a long round trip', async (t) => {
+  const server = net.createServer((s) => s.on('error', () => undefined));
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const sockets: Socket[] = [];
+  t.after(() => {
+    sockets.forEach((s) => s.destroy());
+    server.close();
+  });
+  const { port } = server.address() as AddressInfo;
+  // Refills (fresh: true) wait until the test lets them through: a long round trip on a manual clock.
+  const gates: (() => void)[] = [];
+  const connector: ControlPlaneConnector = {
+    connect: async (_url, _signal, opts) => {
+      if (opts?.fresh === true) await new Promise<void>((resolve) => gates.push(resolve));
+      const socket = net.connect(port, '127.0.0.1');
+      sockets.push(socket);
+      await once(socket, 'connect');
+      return { socket, warm: false };
+    },
+  };
+  const clock = new ManualClock(1_000_000);
+  const events = new PoolEvents();
+  const logs = new LogCapture();
+  const pool = new PreconnectPool({ connector, cap: 4, log: logs.log, observer: events, clock });
+  t.after(() => pool.close());
+  const url = new URL(`ws://127.0.0.1:${port}`);
+  pool.start(url);
+  assert.equal(gates.length, 1, 'an idle host: one refill');
+  clock.tick(100);
+  gates.shift()?.();
+  await events.until(() => events.size === 1, 'the first warm connection (it took 100 ms)');
+
+  for (let i = 0; i < 20; i++) await pool.connect(url, AbortSignal.timeout(5_000));
+  assert.equal(pool.target, 4, 'twenty pick-ups in one second, capped at 4');
+  // 20/s, each replacement 100 ms away: 2 always on their way, on top of the 4 to keep.
+  assert.equal(gates.length, 6, 'refills in flight: the target plus ceil(20/s * 100 ms)');
+
+  // The demand stops; what was on its way arrives: kept up to the cap, the surplus closed, nothing new dialled.
+  clock.tick(2_000);
+  for (const open of gates.splice(0)) open();
+  await events.until(() => events.size === 4, 'four warm connections (the cap)');
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(events.size, 4);
+  assert.equal(gates.length, 0, 'no refill started once the demand stopped');
 });
 
 test('a server that closes warm connections at once: the pool backs off, no storm', async (t) => {
