@@ -11,10 +11,9 @@
  * warm TLS socket costs the agent some 30-60 KiB and the control plane one
  * idle connection, and only a busy host keeps that many. With 8, a host
  * taking 32 requests at once across 30 ms found the pool empty for 4 in 10
- * pick-ups; with 32, for 2 in 100). Under steady
- * demand the replacements on their way are not counted against it: each
- * pick-up starts one, up to the current rate times how long a refill takes,
- * so the pool keeps up across a long round trip (see #inFlightAllowance).
+ * pick-ups; with 32, for 2 in 100: a refill takes two round trips, so a
+ * steady 250 pick-ups/s keeps some 18 of them on their way, and those count
+ * against the number too).
  *
  * Respecting servers and middleboxes (PROTOCOL.md): the production API server
  * closes a connection that sent no request header within 60 s, and load
@@ -79,8 +78,6 @@ interface Warm {
 }
 
 const DEMAND_WINDOW_S = 30;
-/** Refills in flight beyond the target, at most this many times the cap: a storm guard. */
-const MAX_IN_FLIGHT_PER_CAP = 2;
 /** Idle closes earlier than this are taken for restarts or accidents, not for an idle timeout to adapt to. */
 const MIN_TIMEOUT_AGE_MS = 5_000;
 
@@ -106,8 +103,6 @@ export class PreconnectPool implements ControlPlaneConnector {
   /** Aborts the refills in flight when the pool stops. */
   #refills = new AbortController();
   #failures = 0;
-  /** How long a refill takes (TCP, TLS, the proxy), ms: a moving average. */
-  #refillMs: number | undefined;
   #retryTimer: Timer | undefined;
   #closed = false;
 
@@ -199,37 +194,19 @@ export class PreconnectPool implements ControlPlaneConnector {
     }
   }
 
-  /**
-   * Refills on their way beyond the target. At a steady r pick-ups a second,
-   * each taking a warm socket whose replacement needs `refillMs` to be ready,
-   * r * refillMs / 1000 replacements are always in flight (Little's law).
-   * Counting those against the target starved the pool exactly when it
-   * mattered: at 250 pick-ups/s across a 30 ms round trip (a refill takes
-   * two) about half the pick-ups found it empty and paid TCP and TLS
-   * themselves. Uses the current rate, not the 30 s peak, so in-flight
-   * refills stop as soon as the demand does.
-   */
-  #inFlightAllowance(): number {
-    if (this.#refillMs === undefined) return 0;
-    const rate = this.#currentDemand();
-    return Math.min(this.#cap * MAX_IN_FLIGHT_PER_CAP, Math.ceil((rate * this.#refillMs) / 1000));
-  }
-
   #fill(): void {
     const url = this.#url;
     if (url === undefined || this.#closed || this.#retryTimer !== undefined) return;
-    const want = this.target + this.#inFlightAllowance() - this.#idle.length - this.#connecting;
+    // Refills on their way count against the target too: a socket that arrives
+    // to find the pool full would be a handshake paid for nothing.
+    const want = this.target - this.#idle.length - this.#connecting;
     for (let i = 0; i < want; i++) {
       this.#connecting++;
       const signal = this.#refills.signal;
-      const started = this.#clock.now();
       this.#connector.connect(url, signal, { fresh: true }).then(
         ({ socket }) => {
           this.#connecting--;
-          const ms = this.#clock.now() - started;
-          this.#refillMs = this.#refillMs === undefined ? ms : this.#refillMs * 0.8 + ms * 0.2;
-          // Kept up to the cap; past it (the demand fell while it was on its way) it is surplus.
-          if (signal.aborted || this.#url === undefined || this.#idle.length >= this.#cap) {
+          if (signal.aborted || this.#url === undefined || this.#idle.length >= this.target) {
             socket.destroy();
             return;
           }
@@ -350,18 +327,6 @@ export class PreconnectPool implements ControlPlaneConnector {
     if (last?.[0] === second) last[1]++;
     else this.#demand.push([second, 1]);
     while ((this.#demand[0]?.[0] ?? Infinity) <= second - DEMAND_WINDOW_S) this.#demand.shift();
-  }
-
-  /** Pick-ups in this second or the one before, whichever had more. */
-  #currentDemand(): number {
-    const second = Math.floor(this.#clock.now() / 1000);
-    let rate = 0;
-    for (let i = this.#demand.length - 1; i >= 0; i--) {
-      const [s, count] = this.#demand[i]!;
-      if (s < second - 1) break;
-      if (count > rate) rate = count;
-    }
-    return rate;
   }
 
   #peakDemand(): number {
