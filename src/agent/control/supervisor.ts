@@ -473,7 +473,8 @@ export class Agent {
               pingIntervalMs: this.#o.pingIntervalMs,
               pingTimeoutMs: this.#o.pingTimeoutMs,
               upgradeAfter: localReady,
-              onStale: (err) => log().info({ code: codeOf(err) }, `Warm connection was dead at use; retrying the pick-up on a fresh one: ${describe(err, 200)}`),
+              onStale: (err) =>
+                log().info({ code: codeOf(err) }, `Warm connection was dead at use; retrying the pick-up on a fresh one: ${describe(err, 200)}`),
             }),
           dialLocal: (signal) =>
             dialLocal(this.#o.local, {
