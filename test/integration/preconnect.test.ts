@@ -233,8 +233,9 @@ test('refills on their way count against the target: no handshake is paid for a 
   const url = new URL(`ws://127.0.0.1:${port}`);
   pool.start(url);
   assert.equal(gates.length, 1, 'an idle host: one refill');
+  clock.tick(100);
   gates.shift()?.();
-  await events.until(() => events.size === 1, 'the first warm connection');
+  await events.until(() => events.size === 1, 'the first warm connection (it took 100 ms)');
 
   for (let i = 0; i < 20; i++) await pool.connect(url, AbortSignal.timeout(5_000));
   assert.equal(pool.target, 4, 'twenty pick-ups in one second, capped at 4');
