@@ -147,12 +147,12 @@ function portOf(url: string): number {
 
 function makePool(
   t: TestContext,
-  options: { cap?: number; clock?: ManualClock; tls?: TlsSettings } = {},
+  options: { cap?: number; clock?: ManualClock; tls?: TlsSettings; connector?: ControlPlaneConnector } = {},
 ): { pool: PreconnectPool; events: PoolEvents; logs: LogCapture } {
   const events = new PoolEvents();
   const logs = new LogCapture();
   const pool = new PreconnectPool({
-    connector: new DirectConnector({ tls: options.tls ?? new TlsSettings({ rejectUnauthorized: true }) }),
+    connector: options.connector ?? new DirectConnector({ tls: options.tls ?? new TlsSettings({ rejectUnauthorized: true }) }),
     cap: options.cap ?? 4,
     log: logs.log,
     observer: events,
@@ -205,15 +205,10 @@ test('demand sizes the pool: a burst raises the target, up to the cap', async (t
 });
 
 test('refills on their way count against the target: no handshake is paid for a socket the pool then closes unused', async (t) => {
-  const server = net.createServer((s) => s.on('error', () => undefined));
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
+  const front = await startFront(t, 0);
+  const port = portOf(front.url);
   const sockets: Socket[] = [];
-  t.after(() => {
-    sockets.forEach((s) => s.destroy());
-    server.close();
-  });
-  const { port } = server.address() as AddressInfo;
+  t.after(() => sockets.forEach((s) => s.destroy()));
   // Refills (fresh: true) wait until the test lets them through: a long round trip.
   const gates: (() => void)[] = [];
   const connector: ControlPlaneConnector = {
@@ -226,11 +221,8 @@ test('refills on their way count against the target: no handshake is paid for a 
     },
   };
   const clock = new ManualClock(1_000_000);
-  const events = new PoolEvents();
-  const logs = new LogCapture();
-  const pool = new PreconnectPool({ connector, cap: 4, log: logs.log, observer: events, clock });
-  t.after(() => pool.close());
-  const url = new URL(`ws://127.0.0.1:${port}`);
+  const { pool, events } = makePool(t, { cap: 4, clock, connector });
+  const url = new URL(front.url.replace('http:', 'ws:'));
   pool.start(url);
   assert.equal(gates.length, 1, 'an idle host: one refill');
   clock.tick(100);

@@ -74,6 +74,17 @@ const ATTEMPT_REASONS: Record<string, string> = {
   [ErrorCodes.CONTROL_UNSTABLE]: 'unstable',
 };
 
+/** One child per label value, each exported at 0 from the start. */
+function boundChildren<L extends string>(counter: Counter<L>, label: L, values: readonly string[]): Map<string, Counter.Internal> {
+  const children = new Map<string, Counter.Internal>();
+  for (const value of values) {
+    const child = counter.labels({ [label]: value } as Partial<Record<L, string>>);
+    child.inc(0);
+    children.set(value, child);
+  }
+  return children;
+}
+
 function labelsOf(table: Record<string, string>): string[] {
   return [...new Set([...Object.values(table), 'other'])];
 }
@@ -92,12 +103,11 @@ export class AgentMetrics implements AgentObserver, RegistryObserver, Preconnect
   readonly #tunnelsActive: Gauge;
   readonly #tunnels: Counter<'result'>;
   readonly #bytes: Counter<'direction'>;
-  /** One child per direction, bound once: `bytes` runs for every chunk. */
-  readonly #bytesBy = new Map<Direction, Counter.Internal>();
-  /** Label children bound once: a labelled `inc` hashes its labels on every call, and these run per tunnel. */
-  readonly #tunnelsBy = new Map<string, Counter.Internal>();
-  readonly #warmHit: Counter.Internal;
-  readonly #warmMiss: Counter.Internal;
+  // Label children bound once (boundChildren): a labelled `inc` hashes its
+  // labels on every call, and these run per chunk (bytes) or per tunnel.
+  readonly #bytesBy: Map<string, Counter.Internal>;
+  readonly #tunnelsBy: Map<string, Counter.Internal>;
+  readonly #warmTakenBy: Map<string, Counter.Internal>;
   readonly #setup: Histogram;
   readonly #localDial: Histogram;
   readonly #heartbeats: Counter<'result'>;
@@ -216,10 +226,7 @@ export class AgentMetrics implements AgentObserver, RegistryObserver, Preconnect
       registers,
     });
     this.#warm.set(0);
-    this.#warmHit = this.#warmTaken.labels({ result: 'hit' });
-    this.#warmMiss = this.#warmTaken.labels({ result: 'miss' });
-    this.#warmHit.inc(0);
-    this.#warmMiss.inc(0);
+    this.#warmTakenBy = boundChildren(this.#warmTaken, 'result', ['hit', 'miss']);
     for (const reason of WARM_DROP_REASONS) this.#warmDropped.inc({ reason }, 0);
 
     this.#connected.set(0);
@@ -229,16 +236,8 @@ export class AgentMetrics implements AgentObserver, RegistryObserver, Preconnect
     this.#registered.set(0);
     for (const reason of labelsOf(DISCONNECT_REASONS)) this.#disconnects.inc({ reason }, 0);
     for (const reason of labelsOf(ATTEMPT_REASONS)) this.#attemptFailures.inc({ reason }, 0);
-    for (const result of Object.keys(TUNNEL_RESULTS)) {
-      const child = this.#tunnels.labels({ result });
-      child.inc(0);
-      this.#tunnelsBy.set(result, child);
-    }
-    for (const direction of DIRECTIONS) {
-      const child = this.#bytes.labels({ direction });
-      child.inc(0);
-      this.#bytesBy.set(direction, child);
-    }
+    this.#tunnelsBy = boundChildren(this.#tunnels, 'result', Object.keys(TUNNEL_RESULTS));
+    this.#bytesBy = boundChildren(this.#bytes, 'direction', DIRECTIONS);
     for (const result of REGISTRY_RESULTS) {
       this.#heartbeats.inc({ result }, 0);
       this.#registrations.inc({ result }, 0);
@@ -298,7 +297,7 @@ export class AgentMetrics implements AgentObserver, RegistryObserver, Preconnect
   }
 
   warmTaken(hit: boolean): void {
-    (hit ? this.#warmHit : this.#warmMiss).inc();
+    this.#warmTakenBy.get(hit ? 'hit' : 'miss')?.inc();
   }
 
   warmDropped(reason: WarmDropReason): void {
